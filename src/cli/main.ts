@@ -101,6 +101,8 @@ async function main(argv: string[]): Promise<number> {
     .action(async (options: { config: string }) => {
       const globals = program.opts<{ logLevel: string }>();
       exitCode = await runCommand(runtime, { configPath: options.config, logLevel: globals.logLevel });
+      // Leftover handles (a watcher closing slowly) must not keep a stopped daemon alive.
+      process.exit(exitCode);
     });
 
   try {

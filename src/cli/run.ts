@@ -1,5 +1,8 @@
-// `imds-guard run`: the guard daemon. Wires the real adapters into the daemon loop.
+// `imds-guard run`: the guard daemon, with the real adapters wired in.
 
+import { createLogger } from "../adapters/logger.js";
+import { createNotifier } from "../adapters/systemd-notify.js";
+import { startDaemon } from "../daemon/daemon.js";
 import type { Runtime } from "./runtime.js";
 
 export interface RunOptions {
@@ -7,7 +10,30 @@ export interface RunOptions {
   readonly logLevel: string;
 }
 
-export function runCommand(runtime: Runtime, options: RunOptions): Promise<number> {
-  runtime.err(`imds-guard run: not yet available (config ${options.configPath}, log level ${options.logLevel})`);
-  return Promise.resolve(1);
+export async function runCommand(runtime: Runtime, options: RunOptions): Promise<number> {
+  const logger = createLogger({ level: options.logLevel });
+  const notifier = createNotifier({
+    onError: (error) => {
+      logger.warn({ err: error }, "sd_notify failed");
+    },
+  });
+  const daemon = await startDaemon({
+    configPath: options.configPath,
+    logger,
+    notifier,
+    probes: runtime,
+    lookup: runtime.lookup,
+    loadConfig: runtime.loadConfig,
+    onSignals: ({ reload, stop }) => {
+      process.on("SIGHUP", reload);
+      process.on("SIGTERM", stop);
+      process.on("SIGINT", stop);
+      return () => {
+        process.off("SIGHUP", reload);
+        process.off("SIGTERM", stop);
+        process.off("SIGINT", stop);
+      };
+    },
+  });
+  return daemon.done;
 }

@@ -4,7 +4,8 @@
 import { resolvePolicy } from "../daemon/policy.js";
 import { collectStatus, formatStatus } from "../daemon/status-report.js";
 import type { Runtime } from "./runtime.js";
-import { EXIT, configOrExit, openDataplane } from "./runtime.js";
+import { openDataplane } from "../daemon/dataplane.js";
+import { EXIT, configOrExit } from "./runtime.js";
 
 export async function statusCommand(runtime: Runtime, configPath: string, json: boolean): Promise<number> {
   const { config } = await configOrExit(runtime, configPath);
