@@ -57,7 +57,10 @@ export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
     "/healthz": (reply) => check(reply, handlers.healthz()),
     "/readyz": (reply) => check(reply, handlers.readyz()),
     "/status": (reply) =>
-      reply.header("cache-control", "no-store").type("application/json; charset=utf-8").send(handlers.status()),
+      reply
+        .header("cache-control", "no-store")
+        .type("application/json; charset=utf-8")
+        .send(handlers.status()),
     "/metrics": async (reply) => {
       const { contentType, body } = await handlers.metrics();
       return reply.header("cache-control", "no-store").type(contentType).send(body);
@@ -89,7 +92,10 @@ export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
     const statusCode = (error as { statusCode?: unknown }).statusCode;
     // Client errors (oversized body, bad content type) are the client's problem; say so briefly.
     if (typeof statusCode === "number" && statusCode >= 400 && statusCode < 500) {
-      return reply.code(statusCode).type("text/plain; charset=utf-8").send(`${oneLine(errorMessage(error))}\n`);
+      return reply
+        .code(statusCode)
+        .type("text/plain; charset=utf-8")
+        .send(`${oneLine(errorMessage(error))}\n`);
     }
     log.error({ err: error, method: request.method, url: request.url }, "http handler failed");
     // The message may carry internals (paths, stderr); the journal has it, the client does not.
@@ -133,7 +139,11 @@ export function isLoopbackLiteral(host: string): boolean {
 }
 
 function methodNotAllowed(reply: FastifyReply): FastifyReply {
-  return reply.code(405).header("allow", ALLOW).type("text/plain; charset=utf-8").send("method not allowed\n");
+  return reply
+    .code(405)
+    .header("allow", ALLOW)
+    .type("text/plain; charset=utf-8")
+    .send("method not allowed\n");
 }
 
 function oneLine(text: string): string {

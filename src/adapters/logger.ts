@@ -14,7 +14,10 @@ export interface LoggerOptions {
 }
 
 // sd-daemon(3) priorities, which journald strips from the start of each line it reads.
-const JOURNAL_PRIORITIES: readonly { level: "trace" | "info" | "warn" | "error"; prefix: string }[] = [
+const JOURNAL_PRIORITIES: readonly {
+  level: "trace" | "info" | "warn" | "error";
+  prefix: string;
+}[] = [
   { level: "trace", prefix: "<7>" }, // trace, debug
   { level: "info", prefix: "<6>" },
   { level: "warn", prefix: "<4>" },

@@ -73,7 +73,9 @@ export function createNotifier(opts: NotifierOptions = {}): Notifier {
     const assignments: string[] = [];
     for (const [key, value] of Object.entries(fields)) {
       if (!FIELD_KEY.test(key)) {
-        report(new Error(`sd_notify field name ${JSON.stringify(key)} is not an environment-style name`));
+        report(
+          new Error(`sd_notify field name ${JSON.stringify(key)} is not an environment-style name`),
+        );
         return Promise.resolve();
       }
       assignments.push(`${key}=${singleLine(value)}`);
@@ -100,7 +102,8 @@ export function createNotifier(opts: NotifierOptions = {}): Notifier {
     // systemd >= 253 (Type=notify-reload) wants MONOTONIC_USEC next to RELOADING=1 and reads it as
     // CLOCK_MONOTONIC; older versions ignore it. process.hrtime is not documented to use any
     // particular clock, but on Linux libuv implements it with clock_gettime(CLOCK_MONOTONIC).
-    reloading: () => send({ RELOADING: "1", MONOTONIC_USEC: (process.hrtime.bigint() / 1000n).toString() }),
+    reloading: () =>
+      send({ RELOADING: "1", MONOTONIC_USEC: (process.hrtime.bigint() / 1000n).toString() }),
     stopping: () => send({ STOPPING: "1" }),
     watchdogIntervalMs: () => watchdogIntervalMs(env, pid),
   };
@@ -119,6 +122,7 @@ function watchdogIntervalMs(env: NodeJS.ProcessEnv, pid: number): number | undef
   // WATCHDOG_PID names the process the watchdog is meant for; a child that inherited the
   // environment must not ping on the daemon's behalf.
   const watchdogPid = env.WATCHDOG_PID;
-  if (watchdogPid !== undefined && watchdogPid !== "" && Number(watchdogPid) !== pid) return undefined;
+  if (watchdogPid !== undefined && watchdogPid !== "" && Number(watchdogPid) !== pid)
+    return undefined;
   return Math.max(1, Math.floor(usec / 2 / 1000));
 }
