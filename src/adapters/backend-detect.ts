@@ -45,21 +45,40 @@ export async function detectBackend(
   const legacy: FlavourLook = legacyLoaded ? await look(run, "legacy") : { rules: 0, ours: 0 };
   if (choice !== "auto") {
     const other = choice === "nft" ? legacy : nft;
-    return { flavour: choice, reason: `backend: ${choice} in the config`, otherFlavourHoldsRules: other.rules > 0 };
+    return {
+      flavour: choice,
+      reason: `backend: ${choice} in the config`,
+      otherFlavourHoldsRules: other.rules > 0,
+    };
   }
   const both = nft.rules > 0 && legacy.rules > 0;
   if (legacy.ours > 0 && nft.ours === 0) {
-    return { flavour: "legacy", reason: "iptables-legacy already holds imds-guard rules", otherFlavourHoldsRules: nft.rules > 0 };
+    return {
+      flavour: "legacy",
+      reason: "iptables-legacy already holds imds-guard rules",
+      otherFlavourHoldsRules: nft.rules > 0,
+    };
   }
   if (nft.ours > 0) {
-    return { flavour: "nft", reason: "iptables-nft already holds imds-guard rules", otherFlavourHoldsRules: legacy.rules > 0 };
+    return {
+      flavour: "nft",
+      reason: "iptables-nft already holds imds-guard rules",
+      otherFlavourHoldsRules: legacy.rules > 0,
+    };
   }
   if (legacy.rules > nft.rules) {
-    return { flavour: "legacy", reason: `iptables-legacy holds ${legacy.rules} rule(s), iptables-nft ${nft.rules}`, otherFlavourHoldsRules: both };
+    return {
+      flavour: "legacy",
+      reason: `iptables-legacy holds ${legacy.rules} rule(s), iptables-nft ${nft.rules}`,
+      otherFlavourHoldsRules: both,
+    };
   }
   return {
     flavour: "nft",
-    reason: nft.rules > 0 ? `iptables-nft holds ${nft.rules} rule(s)` : "no rules in either flavour; nft is the default",
+    reason:
+      nft.rules > 0
+        ? `iptables-nft holds ${nft.rules} rule(s)`
+        : "no rules in either flavour; nft is the default",
     otherFlavourHoldsRules: both,
   };
 }

@@ -8,7 +8,10 @@ export interface FileWatcher {
   close(): Promise<void>;
 }
 
-export function watchFiles(paths: readonly string[], onChange: (path: string) => void): Promise<FileWatcher> {
+export function watchFiles(
+  paths: readonly string[],
+  onChange: (path: string) => void,
+): Promise<FileWatcher> {
   const watcher = watch([...paths], { ignoreInitial: true, atomic: 50, persistent: true });
   watcher.on("all", (_event, path) => {
     onChange(path);

@@ -10,13 +10,21 @@ import type { CommandRunner } from "./command-runner.js";
 
 const NOT_FOUND = 2;
 
-async function getent(run: CommandRunner, database: string, keys: readonly string[]): Promise<string> {
+async function getent(
+  run: CommandRunner,
+  database: string,
+  keys: readonly string[],
+): Promise<string> {
   const result = await run("getent", [database, ...keys], { timeoutMs: 15_000 });
   if (result.exitCode === 0 || result.exitCode === NOT_FOUND) return result.stdout;
-  throw new ImdsGuardError("IMDSG_NSS_LOOKUP", `getent ${database} failed (exit ${result.exitCode}): ${result.stderr.trim()}`, {
-    database,
-    stderr: result.stderr,
-  });
+  throw new ImdsGuardError(
+    "IMDSG_NSS_LOOKUP",
+    `getent ${database} failed (exit ${result.exitCode}): ${result.stderr.trim()}`,
+    {
+      database,
+      stderr: result.stderr,
+    },
+  );
 }
 
 function uniqueBy<T>(items: readonly T[], key: (item: T) => string): T[] {

@@ -42,12 +42,16 @@ export function createIptables(
       const file = binary(family, flavour, "save");
       const result = await run(file, ["-c"], { timeoutMs });
       if (result.exitCode !== 0) {
-        throw new ImdsGuardError("IMDSG_IPTABLES_SAVE", `${file} -c failed (exit ${result.exitCode}): ${result.stderr.trim()}`, {
-          family,
-          flavour,
-          stderr: result.stderr,
-          timedOut: result.timedOut,
-        });
+        throw new ImdsGuardError(
+          "IMDSG_IPTABLES_SAVE",
+          `${file} -c failed (exit ${result.exitCode}): ${result.stderr.trim()}`,
+          {
+            family,
+            flavour,
+            stderr: result.stderr,
+            timedOut: result.timedOut,
+          },
+        );
       }
       return result.stdout;
     },
@@ -68,12 +72,16 @@ export function createIptables(
         // Someone else holds the xtables lock: back off and try again.
         await sleep(100 * 2 ** attempt);
       }
-      throw new ImdsGuardError("IMDSG_IPTABLES_LOCK", `${file}: the xtables lock stayed busy after ${LOCK_RETRIES} tries`, {
-        family,
-        flavour,
-        input: script,
-        stderr: lastStderr,
-      });
+      throw new ImdsGuardError(
+        "IMDSG_IPTABLES_LOCK",
+        `${file}: the xtables lock stayed busy after ${LOCK_RETRIES} tries`,
+        {
+          family,
+          flavour,
+          input: script,
+          stderr: lastStderr,
+        },
+      );
     },
   };
 }

@@ -26,7 +26,15 @@ export function startKernelMonitor(options: KernelMonitorOptions): KernelMonitor
 
   const start = (): void => {
     if (stopped) return;
-    const proc = execa(file, args, { extendEnv: false, env: FIXED_ENV, reject: false, stdin: "ignore", buffer: false });
+    const proc = execa(file, args, {
+      extendEnv: false,
+      env: FIXED_ENV,
+      reject: false,
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      buffer: { stdout: false, stderr: true },
+    });
     child = proc;
     proc.stdout.setEncoding("utf8");
     let startedAt = Date.now();
@@ -45,7 +53,10 @@ export function startKernelMonitor(options: KernelMonitorOptions): KernelMonitor
     void proc.then((result) => {
       up = false;
       if (stopped) return;
-      options.onStateChange(false, `nft monitor exited (${result.exitCode ?? result.signal ?? "?"}): ${String(result.stderr ?? "").trim()}`);
+      options.onStateChange(
+        false,
+        `nft monitor exited (${result.exitCode ?? result.signal ?? "?"}): ${result.stderr.trim()}`,
+      );
       // A child that ran for a while before dying restarts quickly; one that keeps dying backs off.
       failures = Date.now() - startedAt > 30_000 ? 1 : failures + 1;
       restartTimer = setTimeout(start, Math.min(30_000, 500 * 2 ** (failures - 1)));

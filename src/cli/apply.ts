@@ -11,7 +11,8 @@ export async function applyCommand(runtime: Runtime, configPath: string): Promis
   const { config, warnings } = await configOrExit(runtime, configPath);
   const policy = await resolvePolicy(config, runtime.lookup);
   const dataplane = await openDataplane(runtime, config.backend);
-  for (const warning of [...warnings, ...dataplane.warnings, ...policy.unresolved]) runtime.err(`warning: ${warning}`);
+  for (const warning of [...warnings, ...dataplane.warnings, ...policy.unresolved])
+    runtime.err(`warning: ${warning}`);
   let failed = false;
   for (const family of dataplane.families) {
     const outcome = await reconcileFamily(dataplane.iptables, policy.desired[family], true);
@@ -19,7 +20,8 @@ export async function applyCommand(runtime: Runtime, configPath: string): Promis
       failed = true;
       runtime.err(`${family}: error [${outcome.error.code}]: ${outcome.error.message}`);
       const stderr = outcome.error.details.stderr;
-      if (typeof stderr === "string" && stderr.trim() !== "") runtime.err(`  stderr: ${stderr.trim()}`);
+      if (typeof stderr === "string" && stderr.trim() !== "")
+        runtime.err(`  stderr: ${stderr.trim()}`);
       if (outcome.script !== "") runtime.err(`  restore input was:\n${outcome.script}`);
       continue;
     }

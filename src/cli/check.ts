@@ -31,7 +31,9 @@ export async function checkCommand(runtime: Runtime, configPath: string): Promis
       ? "policy: allow-list (only these principals reach the targets)"
       : "policy: deny-list (these principals are refused; everyone else passes)",
     "principals:",
-    ...(policy.principals.entries.length > 0 ? summarisePrincipals(policy.principals) : ["  (none)"]),
+    ...(policy.principals.entries.length > 0
+      ? summarisePrincipals(policy.principals)
+      : ["  (none)"]),
     `matched ids: uids [${policy.principals.uids.join(", ")}], gids [${policy.principals.gids.join(", ")}]`,
     `targets ipv4: ${config.targets.ipv4.join(", ") || "(none)"}`,
     `targets ipv6: ${config.targets.ipv6.join(", ") || "(none)"}`,
@@ -40,7 +42,8 @@ export async function checkCommand(runtime: Runtime, configPath: string): Promis
   ];
   runtime.out(lines.join("\n"));
   for (const warning of warnings) runtime.err(`warning: ${warning}`);
-  for (const line of policy.unresolved) runtime.err(`${config.policy === "deny" ? "error" : "warning"}: ${line}`);
+  for (const line of policy.unresolved)
+    runtime.err(`${config.policy === "deny" ? "error" : "warning"}: ${line}`);
   if (config.policy === "deny" && policy.unresolved.length > 0) throw new CommandExit(EXIT.failure);
   return EXIT.ok;
 }

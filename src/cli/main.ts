@@ -25,7 +25,10 @@ function packageVersion(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++) {
     try {
-      const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === "imds-guard" && pkg.version !== undefined) return pkg.version;
     } catch {
       // not here; keep walking up
@@ -51,13 +54,21 @@ function realRuntime(): Runtime {
 async function main(argv: string[]): Promise<number> {
   const runtime = realRuntime();
   let exitCode: number = EXIT.ok;
-  const configOption = () => new Option("-c, --config <path>", "config file").default(DEFAULT_CONFIG_PATH);
+  const configOption = () =>
+    new Option("-c, --config <path>", "config file").default(DEFAULT_CONFIG_PATH);
   const program = new Command("imds-guard")
     .description("Keeps the wrong processes on this VM away from the instance metadata service.")
     .version(packageVersion())
-    .addOption(new Option("--log-level <level>", "log level for run").choices(["trace", "debug", "info", "warn", "error", "fatal"]).default("info"))
+    .addOption(
+      new Option("--log-level <level>", "log level for run")
+        .choices(["trace", "debug", "info", "warn", "error", "fatal"])
+        .default("info"),
+    )
     .exitOverride()
-    .configureOutput({ writeOut: (text) => process.stdout.write(text), writeErr: (text) => process.stderr.write(text) });
+    .configureOutput({
+      writeOut: (text) => process.stdout.write(text),
+      writeErr: (text) => process.stderr.write(text),
+    });
 
   program
     .command("check")
@@ -68,7 +79,9 @@ async function main(argv: string[]): Promise<number> {
     });
   program
     .command("plan")
-    .description("show what apply would change, with the exact restore script; changes nothing (exit 3: changes pending)")
+    .description(
+      "show what apply would change, with the exact restore script; changes nothing (exit 3: changes pending)",
+    )
     .addOption(configOption())
     .action(async (options: { config: string }) => {
       exitCode = await planCommand(runtime, options.config);
@@ -82,7 +95,9 @@ async function main(argv: string[]): Promise<number> {
     });
   program
     .command("status")
-    .description("show what is installed now and whether it matches the config (exit 0 in sync, 3 drifted, 1 not installed)")
+    .description(
+      "show what is installed now and whether it matches the config (exit 0 in sync, 3 drifted, 1 not installed)",
+    )
     .addOption(configOption())
     .option("--json", "print JSON")
     .action(async (options: { config: string; json?: boolean }) => {
@@ -90,17 +105,24 @@ async function main(argv: string[]): Promise<number> {
     });
   program
     .command("uninstall")
-    .description("remove imds-guard's jumps and chains (both families, both flavours); nothing else")
+    .description(
+      "remove imds-guard's jumps and chains (both families, both flavours); nothing else",
+    )
     .action(async () => {
       exitCode = await uninstallCommand(runtime);
     });
   program
     .command("run")
-    .description("run the guard daemon: keep the kernel in line with the config, serve health and metrics")
+    .description(
+      "run the guard daemon: keep the kernel in line with the config, serve health and metrics",
+    )
     .addOption(configOption())
     .action(async (options: { config: string }) => {
       const globals = program.opts<{ logLevel: string }>();
-      exitCode = await runCommand(runtime, { configPath: options.config, logLevel: globals.logLevel });
+      exitCode = await runCommand(runtime, {
+        configPath: options.config,
+        logLevel: globals.logLevel,
+      });
       // Leftover handles (a watcher closing slowly) must not keep a stopped daemon alive.
       process.exit(exitCode);
     });
@@ -122,7 +144,9 @@ main(process.argv).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    process.stderr.write(`imds-guard: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.stderr.write(
+      `imds-guard: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
     process.exitCode = EXIT.failure;
   },
 );

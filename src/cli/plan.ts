@@ -11,7 +11,8 @@ export async function planCommand(runtime: Runtime, configPath: string): Promise
   const { config } = await configOrExit(runtime, configPath);
   const policy = await resolvePolicy(config, runtime.lookup);
   const dataplane = await openDataplane(runtime, config.backend);
-  for (const warning of [...dataplane.warnings, ...policy.unresolved]) runtime.err(`warning: ${warning}`);
+  for (const warning of [...dataplane.warnings, ...policy.unresolved])
+    runtime.err(`warning: ${warning}`);
   runtime.out(`backend: iptables-${dataplane.iptables.flavour} (${dataplane.decision.reason})`);
   let pending = false;
   let failed = false;
@@ -28,8 +29,11 @@ export async function planCommand(runtime: Runtime, configPath: string): Promise
     }
     pending = true;
     runtime.out(`${family}: changes pending:`);
-    for (const finding of outcome.plan.findings) runtime.out(`  - ${finding.reason}: ${finding.detail}`);
-    runtime.out(`${family}: restore script (${family === "ipv4" ? "iptables" : "ip6tables"}-restore --noflush):`);
+    for (const finding of outcome.plan.findings)
+      runtime.out(`  - ${finding.reason}: ${finding.detail}`);
+    runtime.out(
+      `${family}: restore script (${family === "ipv4" ? "iptables" : "ip6tables"}-restore --noflush):`,
+    );
     runtime.out(outcome.script.trimEnd());
   }
   if (failed) return EXIT.failure;

@@ -27,7 +27,10 @@ export class CommandExit extends Error {
 }
 
 /** Loads and validates the config, or prints every problem and exits 1. */
-export async function configOrExit(runtime: Runtime, path: string): Promise<{ config: Config; warnings: string[]; digest: string }> {
+export async function configOrExit(
+  runtime: Runtime,
+  path: string,
+): Promise<{ config: Config; warnings: string[]; digest: string }> {
   let loaded: LoadResult;
   try {
     loaded = await runtime.loadConfig(path);

@@ -7,11 +7,20 @@ import type { Runtime } from "./runtime.js";
 import { openDataplane } from "../daemon/dataplane.js";
 import { EXIT, configOrExit } from "./runtime.js";
 
-export async function statusCommand(runtime: Runtime, configPath: string, json: boolean): Promise<number> {
+export async function statusCommand(
+  runtime: Runtime,
+  configPath: string,
+  json: boolean,
+): Promise<number> {
   const { config } = await configOrExit(runtime, configPath);
   const policy = await resolvePolicy(config, runtime.lookup);
   const dataplane = await openDataplane(runtime, config.backend);
-  const report = await collectStatus(policy, dataplane.iptables, dataplane.families, dataplane.warnings);
+  const report = await collectStatus(
+    policy,
+    dataplane.iptables,
+    dataplane.families,
+    dataplane.warnings,
+  );
   runtime.out(json ? JSON.stringify(report, null, 2) : formatStatus(report));
   if (!report.installed) return EXIT.failure;
   return report.inSync ? EXIT.ok : EXIT.pending;

@@ -22,10 +22,14 @@ export async function uninstallCommand(runtime: Runtime): Promise<number> {
         // A flavour whose tools cannot even read holds nothing of ours to remove.
         if (outcome.error.code === "IMDSG_IPTABLES_SAVE") continue;
         failed = true;
-        runtime.err(`${family} (${flavour}): error [${outcome.error.code}]: ${outcome.error.message}`);
+        runtime.err(
+          `${family} (${flavour}): error [${outcome.error.code}]: ${outcome.error.message}`,
+        );
         continue;
       }
-      runtime.out(`${family} (iptables-${flavour}): ${outcome.wrote ? "removed imds-guard rules" : "nothing of ours installed"}`);
+      runtime.out(
+        `${family} (iptables-${flavour}): ${outcome.wrote ? "removed imds-guard rules" : "nothing of ours installed"}`,
+      );
     }
   }
   return failed ? EXIT.failure : EXIT.ok;

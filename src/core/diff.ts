@@ -15,7 +15,8 @@ export type DriftReason =
   | "missing_jump"
   | "displaced_jump"
   | "duplicate"
-  | "stale_rule";
+  | "stale_rule"
+  | "foreign_reference";
 
 export interface DriftFinding {
   readonly reason: DriftReason;
@@ -31,7 +32,9 @@ export interface FamilyPlan {
   readonly deleteJumps: readonly SavedRule[];
   /** Jumps to insert at positions 1..n of OUTPUT, after the deletions. */
   readonly insertJumps: readonly DesiredRule[];
-  /** Our chains to delete (family without targets, or uninstall). */
+  /** Our chains to empty without refilling (family without targets, or uninstall). */
+  readonly flushChains: readonly string[];
+  /** Our chains to delete after emptying them. */
   readonly removeChains: readonly string[];
 }
 
@@ -40,8 +43,26 @@ export function planIsEmpty(plan: FamilyPlan): boolean {
     !plan.refillChains &&
     plan.deleteJumps.length === 0 &&
     plan.insertJumps.length === 0 &&
+    plan.flushChains.length === 0 &&
     plan.removeChains.length === 0
   );
+}
+
+/** Rules without our tag that jump (-j) or go (-g) to `chain`. */
+function foreignReferences(observed: ObservedTable, chain: string): SavedRule[] {
+  const found: SavedRule[] = [];
+  for (const rules of observed.chains.values()) {
+    for (const rule of rules) {
+      if (rule.tag !== undefined) continue;
+      if (
+        rule.tokens.some(
+          (token, i) => (token === "-j" || token === "-g") && rule.tokens[i + 1] === chain,
+        )
+      )
+        found.push(rule);
+    }
+  }
+  return found;
 }
 
 function chainFindings(desired: DesiredFamily, observed: ObservedTable): DriftFinding[] {
@@ -78,7 +99,10 @@ function jumpFindings(desired: DesiredFamily, observed: ObservedTable): DriftFin
     if (first === undefined) {
       findings.push({ reason: "missing_jump", detail: `OUTPUT lacks: ${jump.spec}` });
     } else if (matches.length > 1) {
-      findings.push({ reason: "duplicate", detail: `OUTPUT holds ${matches.length} copies of: ${jump.spec}` });
+      findings.push({
+        reason: "duplicate",
+        detail: `OUTPUT holds ${matches.length} copies of: ${jump.spec}`,
+      });
     } else if (output[index] !== first) {
       findings.push({
         reason: "displaced_jump",
@@ -88,7 +112,10 @@ function jumpFindings(desired: DesiredFamily, observed: ObservedTable): DriftFin
   });
   for (const rule of ours) {
     if (!desired.jumps.some((jump) => sameTokens(rule.tokens, jump.tokens))) {
-      findings.push({ reason: "stale_rule", detail: `OUTPUT rule ${rule.position} is ours but not wanted: ${rule.spec}` });
+      findings.push({
+        reason: "stale_rule",
+        detail: `OUTPUT rule ${rule.position} is ours but not wanted: ${rule.spec}`,
+      });
     }
   }
   return findings;
@@ -99,11 +126,39 @@ export function diffFamily(desired: DesiredFamily, observed: ObservedTable): Fam
   const ourJumps = ourRulesIn(observed, "OUTPUT");
   if (!desired.installed) {
     const present = OUR_CHAINS.filter((name) => observed.chains.has(name));
+    const referenced = present.filter((name) => foreignReferences(observed, name).length > 0);
     const findings: DriftFinding[] = [
-      ...ourJumps.map((rule) => ({ reason: "stale_rule" as const, detail: `OUTPUT rule ${rule.position} is ours but not wanted: ${rule.spec}` })),
-      ...present.map((name) => ({ reason: "stale_rule" as const, detail: `chain ${name} is not wanted` })),
+      ...ourJumps.map((rule) => ({
+        reason: "stale_rule" as const,
+        detail: `OUTPUT rule ${rule.position} is ours but not wanted: ${rule.spec}`,
+      })),
+      ...present.map((name) => ({
+        reason: "stale_rule" as const,
+        detail: `chain ${name} is not wanted`,
+      })),
+      ...referenced.map((name) => ({
+        reason: "foreign_reference" as const,
+        detail: `chain ${name} is emptied but kept: rules that are not ours jump to it (${foreignReferences(
+          observed,
+          name,
+        )
+          .map((rule) => `${rule.chain} ${rule.position}`)
+          .join(", ")})`,
+      })),
     ];
-    return { family: desired.family, findings, refillChains: false, deleteJumps: ourJumps, insertJumps: [], removeChains: present };
+    return {
+      family: desired.family,
+      findings,
+      refillChains: false,
+      deleteJumps: ourJumps,
+      insertJumps: [],
+      flushChains: present.filter(
+        (name) => (observed.chains.get(name)?.length ?? 0) > 0 || !referenced.includes(name),
+      ),
+      // The kernel refuses to delete a chain that is still referenced, which would fail the
+      // whole transaction: keep such a chain (empty) rather than touch the foreign rule.
+      removeChains: present.filter((name) => !referenced.includes(name)),
+    };
   }
   const chainProblems = chainFindings(desired, observed);
   const jumpProblems = jumpFindings(desired, observed);
@@ -116,6 +171,7 @@ export function diffFamily(desired: DesiredFamily, observed: ObservedTable): Fam
     refillChains: chainProblems.length > 0,
     deleteJumps: rewriteJumps ? ourJumps : [],
     insertJumps: rewriteJumps ? desired.jumps : [],
+    flushChains: [],
     removeChains: [],
   };
 }

@@ -72,9 +72,7 @@ function groupMembers(snapshot: NssSnapshot, group: GroupEntry): { name: string;
   for (const user of snapshot.passwd) {
     if (user.gid === group.gid) members.set(user.uid, user.name);
   }
-  return [...members.entries()]
-    .sort(([a], [b]) => a - b)
-    .map(([uid, name]) => ({ name, uid }));
+  return [...members.entries()].sort(([a], [b]) => a - b).map(([uid, name]) => ({ name, uid }));
 }
 
 function resolveGroup(snapshot: NssSnapshot, spec: string): ResolvedGroup {

@@ -12,7 +12,7 @@ export function renderRestoreScript(plan: FamilyPlan, desired: DesiredFamily): s
   const lines = ["*filter"];
   const chainsToDeclare = plan.refillChains
     ? desired.chains.map((chain) => chain.name)
-    : plan.removeChains;
+    : plan.flushChains;
   for (const name of chainsToDeclare) lines.push(`:${name} - [0:0]`);
   for (const rule of plan.deleteJumps) lines.push(`-D OUTPUT ${rule.spec}`);
   if (plan.refillChains) {

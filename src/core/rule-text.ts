@@ -15,8 +15,9 @@ export function tokenizeRule(spec: string): string[] {
   for (let i = 0; i < spec.length; i++) {
     const ch = spec.charAt(i);
     if (quoted) {
-      if (ch === "\\" && spec.charAt(i + 1) === '"') {
-        current += '"';
+      // iptables-save escapes ", \ and ' with a backslash; iptables-restore unescapes any.
+      if (ch === "\\" && i + 1 < spec.length) {
+        current += spec.charAt(i + 1);
         i++;
       } else if (ch === '"') {
         quoted = false;

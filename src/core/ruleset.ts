@@ -82,7 +82,9 @@ function tagChain(chain: string, drafts: readonly RuleDraft[]): DesiredRule[] {
 function ownerMatch(owner: "uid" | "gid", id: number): string {
   // --suppl-groups: a process that carries the gid only as a supplementary group (systemd
   // SupplementaryGroups=, not listed in /etc/group) matches too.
-  return owner === "uid" ? `-m owner --uid-owner ${id}` : `-m owner --gid-owner ${id} --suppl-groups`;
+  return owner === "uid"
+    ? `-m owner --uid-owner ${id}`
+    : `-m owner --gid-owner ${id} --suppl-groups`;
 }
 
 function owners(principals: Principals): { owner: "uid" | "gid"; id: number }[] {
@@ -98,9 +100,17 @@ function entryChain(policy: Policy, protocols: Protocols, principals: Principals
   if (policy === "allow") {
     for (const { owner, id } of owners(principals)) {
       // RETURN, not ACCEPT: the operator's own later OUTPUT rules still apply.
-      drafts.push({ matches: ownerMatch(owner, id), target: "-j RETURN", role: { kind: "allow", owner, id } });
+      drafts.push({
+        matches: ownerMatch(owner, id),
+        target: "-j RETURN",
+        role: { kind: "allow", owner, id },
+      });
     }
-    drafts.push({ matches: onlyTcp.trim(), target: `-j ${REFUSE_CHAIN}`, role: { kind: "refuse-rest" } });
+    drafts.push({
+      matches: onlyTcp.trim(),
+      target: `-j ${REFUSE_CHAIN}`,
+      role: { kind: "refuse-rest" },
+    });
   } else {
     for (const { owner, id } of owners(principals)) {
       drafts.push({
@@ -144,7 +154,9 @@ function refuseChain(family: Family, config: Config): RuleDraft[] {
 
 /** iptables-save prints a host-sized --ctorigdst without its prefix, -d with it. */
 function bareHost(cidr: string): string {
-  return cidr.endsWith("/32") || cidr.endsWith("/128") ? cidr.slice(0, cidr.lastIndexOf("/")) : cidr;
+  return cidr.endsWith("/32") || cidr.endsWith("/128")
+    ? cidr.slice(0, cidr.lastIndexOf("/"))
+    : cidr;
 }
 
 function jumps(targets: readonly string[]): RuleDraft[] {
@@ -153,7 +165,11 @@ function jumps(targets: readonly string[]): RuleDraft[] {
   // matches fail. The second jump skips packets the first already sent through the chain,
   // so every packet is judged (and counted) exactly once.
   return targets.flatMap((target): RuleDraft[] => [
-    { matches: `-d ${target}`, target: `-j ${CHAIN}`, role: { kind: "jump", target, via: "destination" } },
+    {
+      matches: `-d ${target}`,
+      target: `-j ${CHAIN}`,
+      role: { kind: "jump", target, via: "destination" },
+    },
     {
       matches: `! -d ${target} -m conntrack --ctorigdst ${bareHost(target)}`,
       target: `-j ${CHAIN}`,
@@ -162,14 +178,21 @@ function jumps(targets: readonly string[]): RuleDraft[] {
   ]);
 }
 
-export function renderFamily(family: Family, config: Config, principals: Principals): DesiredFamily {
+export function renderFamily(
+  family: Family,
+  config: Config,
+  principals: Principals,
+): DesiredFamily {
   const targets = config.targets[family];
   if (targets.length === 0) return { family, installed: false, chains: [], jumps: [] };
   return {
     family,
     installed: true,
     chains: [
-      { name: CHAIN, rules: tagChain(CHAIN, entryChain(config.policy, config.protocols, principals)) },
+      {
+        name: CHAIN,
+        rules: tagChain(CHAIN, entryChain(config.policy, config.protocols, principals)),
+      },
       { name: REFUSE_CHAIN, rules: tagChain(REFUSE_CHAIN, refuseChain(family, config)) },
     ],
     jumps: tagChain("OUTPUT", jumps(targets)),

@@ -38,11 +38,13 @@ export interface FamilyStatus {
 function namesFor(principals: Principals, owner: "uid" | "gid", id: number): string[] {
   const names = new Set<string>();
   for (const entry of principals.entries) {
-    if (owner === "uid" && entry.kind === "user" && entry.uid === id && entry.name) names.add(entry.name);
+    if (owner === "uid" && entry.kind === "user" && entry.uid === id && entry.name)
+      names.add(entry.name);
     if (owner === "uid" && entry.kind === "group") {
       for (const member of entry.members) if (member.uid === id) names.add(member.name);
     }
-    if (owner === "gid" && entry.kind === "group" && entry.gid === id && entry.name) names.add(entry.name);
+    if (owner === "gid" && entry.kind === "group" && entry.gid === id && entry.name)
+      names.add(entry.name);
   }
   return [...names].sort();
 }
@@ -57,15 +59,24 @@ function packetsByTag(observed: ObservedTable): Map<string, SavedRule> {
   return byTag;
 }
 
-function counterOf(desired: DesiredFamily, byTag: Map<string, SavedRule>, kind: RuleRole["kind"]): number {
+function counterOf(
+  desired: DesiredFamily,
+  byTag: Map<string, SavedRule>,
+  kind: RuleRole["kind"],
+): number {
   let packets = 0;
   for (const chain of desired.chains) {
-    for (const rule of chain.rules) if (rule.role.kind === kind) packets += byTag.get(rule.tag)?.packets ?? 0;
+    for (const rule of chain.rules)
+      if (rule.role.kind === kind) packets += byTag.get(rule.tag)?.packets ?? 0;
   }
   return packets;
 }
 
-export function familyStatus(desired: DesiredFamily, observed: ObservedTable, principals: Principals): FamilyStatus {
+export function familyStatus(
+  desired: DesiredFamily,
+  observed: ObservedTable,
+  principals: Principals,
+): FamilyStatus {
   const plan = diffFamily(desired, observed);
   const byTag = packetsByTag(observed);
   const counters: PrincipalCounter[] = [];
@@ -83,15 +94,19 @@ export function familyStatus(desired: DesiredFamily, observed: ObservedTable, pr
     }
   }
   const ourJumps = ourRulesIn(observed, "OUTPUT");
-  const installed = ourJumps.length > 0 || observed.chains.has(CHAIN) || observed.chains.has(REFUSE_CHAIN);
+  const installed =
+    ourJumps.length > 0 || observed.chains.has(CHAIN) || observed.chains.has(REFUSE_CHAIN);
   const rules =
-    ourJumps.length + OUR_CHAINS.reduce((sum, name) => sum + (observed.chains.get(name)?.length ?? 0), 0);
+    ourJumps.length +
+    OUR_CHAINS.reduce((sum, name) => sum + (observed.chains.get(name)?.length ?? 0), 0);
   return {
     family: desired.family,
     installed,
     inSync: plan.findings.length === 0,
     findings: plan.findings,
-    targets: [...new Set(desired.jumps.map((jump) => (jump.role.kind === "jump" ? jump.role.target : "")))],
+    targets: [
+      ...new Set(desired.jumps.map((jump) => (jump.role.kind === "jump" ? jump.role.target : ""))),
+    ],
     jumps: ourJumps.map((rule) => ({ position: rule.position, spec: rule.spec })),
     principals: counters,
     attempts: counterOf(desired, byTag, "count-attempts"),

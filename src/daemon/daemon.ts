@@ -70,7 +70,9 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
 
   if (!(await guard.loadConfig())) {
     const error = guard.snapshot().configError ?? "invalid config";
-    process.stderr.write(`${error}\n${configPath}: refusing to start; fix the config and start again\n`);
+    process.stderr.write(
+      `${error}\n${configPath}: refusing to start; fix the config and start again\n`,
+    );
     return { done: Promise.resolve(1) };
   }
 
@@ -83,7 +85,9 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
     const snap = guard.snapshot();
     const config = guard.currentConfig;
     const rules = Object.values(snap.status?.families ?? {}).reduce((sum, s) => sum + s.rules, 0);
-    const drift = snap.lastDrift ? `${snap.lastDrift.reasons.join("+")} on ${snap.lastDrift.family}, repaired in ${snap.lastDrift.repairMs} ms` : "none";
+    const drift = snap.lastDrift
+      ? `${snap.lastDrift.reasons.join("+")} on ${snap.lastDrift.family}, repaired in ${snap.lastDrift.repairMs} ms`
+      : "none";
     return `${config?.mode ?? "?"} ${config?.policy ?? "?"}-list, ${snap.policy?.principals.entries.length ?? 0} principal(s), ${rules} rule(s), ${snap.ready ? "in sync" : `NOT READY: ${snap.readyReason}`}, last drift: ${drift}`;
   };
 
@@ -96,7 +100,11 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
         },
         onStateChange: (up, detail) => {
           metrics.monitorUp.set(up ? 1 : 0);
-          if (!up) logger.warn({ detail }, "kernel ruleset monitor stopped; restarting it (the periodic drift check still runs)");
+          if (!up)
+            logger.warn(
+              { detail },
+              "kernel ruleset monitor stopped; restarting it (the periodic drift check still runs)",
+            );
         },
       });
     } else if (backend === "legacy" && monitor !== undefined) {
@@ -128,7 +136,9 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
       await afterReconcile(ok);
       return ok;
     },
-    onQueued: (at) => metrics.lastQueuedTimestamp.set(at / 1000),
+    onQueued: (at) => {
+      metrics.lastQueuedTimestamp.set(at / 1000);
+    },
   });
   triggerFn = (kind) => {
     scheduler.trigger(kind);
@@ -155,23 +165,38 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
 
   // Start-up: reconcile first, then listen, then READY=1 (sent by afterReconcile on success).
   scheduler.trigger("start");
-  await Promise.race([scheduler.idle(), new Promise((resolveWait) => setTimeout(resolveWait, 5_000))]);
+  await Promise.race([
+    scheduler.idle(),
+    new Promise((resolveWait) => setTimeout(resolveWait, 5_000)),
+  ]);
 
   const absoluteConfig = resolve(configPath);
-  const watcher: FileWatcher = await watchFiles([absoluteConfig, ...(deps.identityFiles ?? ["/etc/passwd", "/etc/group"])], (path) => {
-    triggerFn(resolve(path) === absoluteConfig ? "config" : "file");
-  });
+  const watcher: FileWatcher = await watchFiles(
+    [absoluteConfig, ...(deps.identityFiles ?? ["/etc/passwd", "/etc/group"])],
+    (path) => {
+      triggerFn(resolve(path) === absoluteConfig ? "config" : "file");
+    },
+  );
 
   const healthz = (): { ok: boolean; reason?: string } => {
     const snap = guard.snapshot();
     const now = Date.now();
-    if (snap.reconcileStartedAt !== undefined && now - snap.reconcileStartedAt > STUCK_RECONCILE_MS) {
-      return { ok: false, reason: `a reconcile has been running for ${Math.round((now - snap.reconcileStartedAt) / 1000)} s` };
+    if (
+      snap.reconcileStartedAt !== undefined &&
+      now - snap.reconcileStartedAt > STUCK_RECONCILE_MS
+    ) {
+      return {
+        ok: false,
+        reason: `a reconcile has been running for ${Math.round((now - snap.reconcileStartedAt) / 1000)} s`,
+      };
     }
     const interval = guard.currentConfig?.driftCheckIntervalMs ?? 2_000;
     const allowedGap = Math.max(3 * interval, 10_000) + (scheduler.failures > 0 ? 30_000 : 0);
     if (snap.lastAttemptAt !== undefined && now - snap.lastAttemptAt > allowedGap) {
-      return { ok: false, reason: `no reconcile for ${Math.round((now - snap.lastAttemptAt) / 1000)} s` };
+      return {
+        ok: false,
+        reason: `no reconcile for ${Math.round((now - snap.lastAttemptAt) / 1000)} s`,
+      };
     }
     return { ok: true };
   };
@@ -193,9 +218,13 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
             uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
             ready: snap.ready,
             readyReason: snap.readyReason,
-            lastReconcileAt: snap.lastAttemptAt === undefined ? null : new Date(snap.lastAttemptAt).toISOString(),
-            lastSuccessAt: snap.lastSuccessAt === undefined ? null : new Date(snap.lastSuccessAt).toISOString(),
-            lastDrift: snap.lastDrift ? { ...snap.lastDrift, at: new Date(snap.lastDrift.at).toISOString() } : null,
+            lastReconcileAt:
+              snap.lastAttemptAt === undefined ? null : new Date(snap.lastAttemptAt).toISOString(),
+            lastSuccessAt:
+              snap.lastSuccessAt === undefined ? null : new Date(snap.lastSuccessAt).toISOString(),
+            lastDrift: snap.lastDrift
+              ? { ...snap.lastDrift, at: new Date(snap.lastDrift.at).toISOString() }
+              : null,
             configPath: snap.configPath,
             configDigest: snap.configDigest ?? null,
             configError: snap.configError ?? null,
@@ -203,10 +232,17 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
           },
         };
       },
-      metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
+      metrics: async () => ({
+        contentType: metrics.registry.contentType,
+        body: await metrics.registry.metrics(),
+      }),
     },
   });
-  const address = await listenOn(app, { host: listen.host, port: listen.port, allowNonLoopback: guard.currentConfig?.listenNonLoopback ?? false });
+  const address = await listenOn(app, {
+    host: listen.host,
+    port: listen.port,
+    allowNonLoopback: guard.currentConfig?.listenNonLoopback ?? false,
+  });
   logger.info({ address }, "serving /healthz, /readyz, /status, /metrics");
 
   const watchdogMs = notifier.watchdogIntervalMs();

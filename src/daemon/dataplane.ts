@@ -23,13 +23,18 @@ export interface Dataplane {
   readonly warnings: readonly string[];
 }
 
-export async function openDataplane(runtime: HostProbes, choice: BackendChoice): Promise<Dataplane> {
+export async function openDataplane(
+  runtime: HostProbes,
+  choice: BackendChoice,
+): Promise<Dataplane> {
   const decision = await detectBackend(runtime.run, choice, runtime.legacyTablesLoaded);
   const iptables = createIptables(runtime.run, decision.flavour);
   const warnings: string[] = [];
   if (decision.otherFlavourHoldsRules) {
     const other = decision.flavour === "nft" ? "legacy" : "nft";
-    warnings.push(`iptables-${other} also holds rules; they still filter packets alongside ours (using iptables-${decision.flavour}: ${decision.reason})`);
+    warnings.push(
+      `iptables-${other} also holds rules; they still filter packets alongside ours (using iptables-${decision.flavour}: ${decision.reason})`,
+    );
   }
   const families: Family[] = [];
   for (const family of FAMILIES) {
@@ -41,7 +46,9 @@ export async function openDataplane(runtime: HostProbes, choice: BackendChoice):
       try {
         await iptables.save("ipv6");
       } catch (error) {
-        warnings.push(`ip6tables is unusable, IPv6 targets are skipped: ${error instanceof Error ? error.message : String(error)}`);
+        warnings.push(
+          `ip6tables is unusable, IPv6 targets are skipped: ${error instanceof Error ? error.message : String(error)}`,
+        );
         continue;
       }
     }

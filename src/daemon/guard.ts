@@ -69,7 +69,17 @@ const TRIGGER_LABEL: Record<TriggerKind, string> = {
 
 /** The label of the trigger that most plausibly revealed the drift. */
 function triggerLabel(kinds: ReadonlySet<TriggerKind>): string {
-  for (const kind of ["event", "file", "config", "signal", "nss", "postwrite", "poll", "retry", "start"] as const) {
+  for (const kind of [
+    "event",
+    "file",
+    "config",
+    "signal",
+    "nss",
+    "postwrite",
+    "poll",
+    "retry",
+    "start",
+  ] as const) {
     if (kinds.has(kind)) return TRIGGER_LABEL[kind];
   }
   return "poll";
@@ -79,7 +89,13 @@ const RESOLVE_TRIGGERS: readonly TriggerKind[] = ["start", "file", "config", "si
 const CONFIG_TRIGGERS: readonly TriggerKind[] = ["start", "config", "signal"];
 
 function desiredKey(policy: ResolvedPolicy): string {
-  return JSON.stringify([policy.desired.ipv4, policy.desired.ipv6].map((f) => [f.installed, f.chains, f.jumps.map((j) => j.spec)]));
+  return JSON.stringify(
+    [policy.desired.ipv4, policy.desired.ipv6].map((f) => [
+      f.installed,
+      f.chains,
+      f.jumps.map((j) => j.spec),
+    ]),
+  );
 }
 
 export class Guard {
@@ -105,12 +121,16 @@ export class Guard {
       ready: this.ready,
       readyReason: this.readyReason,
       configPath: this.deps.configPath,
-      ...(this.config ? { configDigest: this.config.digest, configLoadedAt: this.config.loadedAt } : {}),
+      ...(this.config
+        ? { configDigest: this.config.digest, configLoadedAt: this.config.loadedAt }
+        : {}),
       ...(this.configError !== undefined ? { configError: this.configError } : {}),
       ...(this.lastAttemptAt !== undefined ? { lastAttemptAt: this.lastAttemptAt } : {}),
       ...(this.lastSuccessAt !== undefined ? { lastSuccessAt: this.lastSuccessAt } : {}),
       ...(this.lastDrift ? { lastDrift: this.lastDrift } : {}),
-      ...(this.reconcileStartedAt !== undefined ? { reconcileStartedAt: this.reconcileStartedAt } : {}),
+      ...(this.reconcileStartedAt !== undefined
+        ? { reconcileStartedAt: this.reconcileStartedAt }
+        : {}),
       ...(this.status ? { status: this.status } : {}),
       ...(this.policy ? { policy: this.policy } : {}),
     };
@@ -139,7 +159,15 @@ export class Guard {
     this.configError = undefined;
     if (this.config?.digest !== loaded.digest) {
       for (const warning of loaded.warnings) logger.warn({ config: configPath }, warning);
-      logger.info({ config: configPath, digest: loaded.digest, mode: loaded.config.mode, policy: loaded.config.policy }, this.config ? "config reloaded" : "config loaded");
+      logger.info(
+        {
+          config: configPath,
+          digest: loaded.digest,
+          mode: loaded.config.mode,
+          policy: loaded.config.policy,
+        },
+        this.config ? "config reloaded" : "config loaded",
+      );
       this.config = { config: loaded.config, digest: loaded.digest, loadedAt: this.deps.now() };
       this.policy = undefined;
     }
@@ -162,14 +190,16 @@ export class Guard {
     this.reconcileStartedAt = started;
     const endTimer = metrics.reconcileDuration.startTimer();
     try {
-      if (!this.config || CONFIG_TRIGGERS.some((kind) => batch.kinds.has(kind))) await this.loadConfig();
+      if (!this.config || CONFIG_TRIGGERS.some((kind) => batch.kinds.has(kind)))
+        await this.loadConfig();
       const current = this.config;
-      if (!current) return this.fail("no valid config has been loaded", "config");
+      if (!current) return this.fail("no valid config has been loaded");
       if (!this.policy || RESOLVE_TRIGGERS.some((kind) => batch.kinds.has(kind))) {
         const previous = this.policy;
         this.policy = await resolvePolicy(current.config, this.deps.lookup);
         for (const line of this.policy.unresolved) {
-          if (previous?.unresolved.includes(line) !== true) logger.warn({ config: this.deps.configPath }, line);
+          if (previous?.unresolved.includes(line) !== true)
+            logger.warn({ config: this.deps.configPath }, line);
         }
         this.recordPrincipals(this.policy);
       }
@@ -181,7 +211,14 @@ export class Guard {
         for (const family of this.dataplane.families) metrics.observeKernelCounters(family, 0, 0);
         metrics.backendInfo.reset();
         metrics.backendInfo.set({ backend: this.dataplane.iptables.flavour }, 1);
-        logger.info({ backend: this.dataplane.iptables.flavour, reason: this.dataplane.decision.reason, families: this.dataplane.families }, "iptables backend chosen");
+        logger.info(
+          {
+            backend: this.dataplane.iptables.flavour,
+            reason: this.dataplane.decision.reason,
+            families: this.dataplane.families,
+          },
+          "iptables backend chosen",
+        );
       }
       const dataplane = this.dataplane;
       const policyChanged = this.appliedKey !== desiredKey(policy);
@@ -200,17 +237,28 @@ export class Guard {
           metrics.rules.set({ family }, countRules(desired));
         }
         if (outcome.wrote) wrote = true;
-        if (outcome.wrote && !policyChanged) this.recordDrift(family, outcome.plan.findings, batch, outcome.error === undefined);
+        if (outcome.wrote && !policyChanged)
+          this.recordDrift(family, outcome.plan.findings, batch, outcome.error === undefined);
         if (outcome.error) {
           metrics.restoreErrors.inc({ family, code: outcome.error.code });
           errors.push(`${family}: [${outcome.error.code}] ${outcome.error.message}`);
           const key = `${family}:${outcome.error.code}:${outcome.error.message}`;
           if (key !== this.lastErrorKey) {
-            logger.error({ family, code: outcome.error.code, details: outcome.error.details }, outcome.error.message);
+            logger.error(
+              { family, code: outcome.error.code, details: outcome.error.details },
+              outcome.error.message,
+            );
           }
           this.lastErrorKey = key;
         } else if (outcome.wrote && policyChanged) {
-          logger.info({ family, changes: outcome.plan.findings.map((f) => f.reason), backend: dataplane.iptables.flavour }, "policy applied");
+          logger.info(
+            {
+              family,
+              changes: outcome.plan.findings.map((f) => f.reason),
+              backend: dataplane.iptables.flavour,
+            },
+            "policy applied",
+          );
         }
       }
       this.status = {
@@ -224,20 +272,31 @@ export class Guard {
         warnings: dataplane.warnings,
       };
       if (wrote) this.deps.onWrote?.();
-      metrics.reconcileTotal.inc({ result: errors.length > 0 ? "error" : wrote ? "changed" : "unchanged" });
-      if (errors.length > 0) return this.fail(errors.join("; "), "iptables");
+      metrics.reconcileTotal.inc({
+        result: errors.length > 0 ? "error" : wrote ? "changed" : "unchanged",
+      });
+      if (errors.length > 0) return this.fail(errors.join("; "));
       this.appliedKey = desiredKey(policy);
       this.lastErrorKey = undefined;
       this.lastSuccessAt = this.deps.now();
-      this.setReady(true, this.configError === undefined ? "kernel matches the policy" : "kernel matches the last good policy; the current config file is invalid");
+      this.setReady(
+        true,
+        this.configError === undefined
+          ? "kernel matches the policy"
+          : "kernel matches the last good policy; the current config file is invalid",
+      );
       return true;
     } catch (error) {
-      const message = isImdsGuardError(error) ? `[${error.code}] ${error.message}` : error instanceof Error ? error.message : String(error);
+      const message = isImdsGuardError(error)
+        ? `[${error.code}] ${error.message}`
+        : error instanceof Error
+          ? error.message
+          : String(error);
       metrics.reconcileTotal.inc({ result: "error" });
       const key = `exception:${message}`;
       if (key !== this.lastErrorKey) logger.error({ err: error }, `reconcile failed: ${message}`);
       this.lastErrorKey = key;
-      return this.fail(message, "exception");
+      return this.fail(message);
     } finally {
       endTimer();
       this.reconcileStartedAt = undefined;
@@ -246,7 +305,7 @@ export class Guard {
     }
   }
 
-  private fail(reason: string, _kind: string): boolean {
+  private fail(reason: string): boolean {
     this.setReady(false, reason);
     return false;
   }
@@ -262,19 +321,41 @@ export class Guard {
     gauge.reset();
     for (const kind of ["user", "group"] as const) {
       for (const state of ["resolved", "numeric", "unresolved"] as const) {
-        gauge.set({ kind, state }, policy.principals.entries.filter((e) => e.kind === kind && e.state === state).length);
+        gauge.set(
+          { kind, state },
+          policy.principals.entries.filter((e) => e.kind === kind && e.state === state).length,
+        );
       }
     }
   }
 
-  private recordDrift(family: Family, findings: readonly DriftFinding[], batch: TriggerBatch, repaired: boolean): void {
+  private recordDrift(
+    family: Family,
+    findings: readonly DriftFinding[],
+    batch: TriggerBatch,
+    repaired: boolean,
+  ): void {
     const trigger = triggerLabel(batch.kinds);
-    for (const finding of findings) this.deps.metrics.driftDetected.inc({ family, reason: finding.reason, trigger });
+    for (const finding of findings)
+      this.deps.metrics.driftDetected.inc({ family, reason: finding.reason, trigger });
     const repairMs = this.deps.now() - batch.firstQueuedAt;
     if (repaired) this.deps.metrics.driftRepairDuration.observe(repairMs / 1000);
-    this.lastDrift = { at: this.deps.now(), family, trigger, reasons: findings.map((f) => f.reason), repairMs };
+    this.lastDrift = {
+      at: this.deps.now(),
+      family,
+      trigger,
+      reasons: findings.map((f) => f.reason),
+      repairMs,
+    };
     this.deps.logger.warn(
-      { family, trigger, reasons: this.lastDrift.reasons, details: findings.map((f) => f.detail), repairMs, repaired },
+      {
+        family,
+        trigger,
+        reasons: this.lastDrift.reasons,
+        details: findings.map((f) => f.detail),
+        repairMs,
+        repaired,
+      },
       repaired ? `drift repaired in ${repairMs} ms` : "drift found; repair failed",
     );
   }

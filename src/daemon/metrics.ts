@@ -34,7 +34,12 @@ export function createGuardMetrics(registry: Registry, withDefaults = true): Gua
   const last = new Map<string, number>();
   const metrics = {
     registry,
-    reconcileTotal: new Counter({ name: "imds_guard_reconcile_total", help: "Reconciles run, by result (unchanged, changed, error).", labelNames: ["result"] as const, registers }),
+    reconcileTotal: new Counter({
+      name: "imds_guard_reconcile_total",
+      help: "Reconciles run, by result (unchanged, changed, error).",
+      labelNames: ["result"] as const,
+      registers,
+    }),
     reconcileDuration: new Histogram({
       name: "imds_guard_reconcile_duration_seconds",
       help: "Time one reconcile took: read, diff and, when needed, write and verify.",
@@ -53,18 +58,72 @@ export function createGuardMetrics(registry: Registry, withDefaults = true): Gua
       buckets: exponentialBuckets(0.001, 2, 15),
       registers,
     }),
-    restoreErrors: new Counter({ name: "imds_guard_restore_errors_total", help: "Failed reads or writes of the kernel ruleset, by family and error code.", labelNames: ["family", "code"] as const, registers }),
-    rules: new Gauge({ name: "imds_guard_rules", help: "Our rules in the kernel (jumps plus chain rules), by family.", labelNames: ["family"] as const, registers }),
-    principals: new Gauge({ name: "imds_guard_principals", help: "Configured users and groups, by kind and resolution state.", labelNames: ["kind", "state"] as const, registers }),
-    configReloadSuccessful: new Gauge({ name: "imds_guard_config_last_reload_successful", help: "1 when the last config (re)load succeeded, 0 while the last good policy is kept in force.", registers }),
-    configReloadSuccessTimestamp: new Gauge({ name: "imds_guard_config_last_reload_success_timestamp_seconds", help: "When the config was last loaded successfully.", registers }),
-    lastReconcileTimestamp: new Gauge({ name: "imds_guard_last_reconcile_timestamp_seconds", help: "When the last reconcile finished (success or not).", registers }),
-    lastQueuedTimestamp: new Gauge({ name: "imds_guard_last_queued_timestamp_seconds", help: "When a reconcile was last asked for; far ahead of the last reconcile means the loop is stuck.", registers }),
-    refusedPackets: new Counter({ name: "imds_guard_refused_packets_total", help: "TCP connection attempts (SYNs) to the targets refused (in audit mode: that would have been), by family.", labelNames: ["family"] as const, registers }),
-    allowedPackets: new Counter({ name: "imds_guard_allowed_packets_total", help: "TCP connection attempts (SYNs) to the targets let through, by family.", labelNames: ["family"] as const, registers }),
-    monitorUp: new Gauge({ name: "imds_guard_monitor_up", help: "1 while the kernel ruleset event monitor (nft monitor) runs; 0 on the legacy flavour or when it died.", registers }),
-    backendInfo: new Gauge({ name: "imds_guard_backend_info", help: "The iptables flavour in use (value 1).", labelNames: ["backend"] as const, registers }),
-    ready: new Gauge({ name: "imds_guard_ready", help: "1 when the kernel matched the policy at the last check.", registers }),
+    restoreErrors: new Counter({
+      name: "imds_guard_restore_errors_total",
+      help: "Failed reads or writes of the kernel ruleset, by family and error code.",
+      labelNames: ["family", "code"] as const,
+      registers,
+    }),
+    rules: new Gauge({
+      name: "imds_guard_rules",
+      help: "Our rules in the kernel (jumps plus chain rules), by family.",
+      labelNames: ["family"] as const,
+      registers,
+    }),
+    principals: new Gauge({
+      name: "imds_guard_principals",
+      help: "Configured users and groups, by kind and resolution state.",
+      labelNames: ["kind", "state"] as const,
+      registers,
+    }),
+    configReloadSuccessful: new Gauge({
+      name: "imds_guard_config_last_reload_successful",
+      help: "1 when the last config (re)load succeeded, 0 while the last good policy is kept in force.",
+      registers,
+    }),
+    configReloadSuccessTimestamp: new Gauge({
+      name: "imds_guard_config_last_reload_success_timestamp_seconds",
+      help: "When the config was last loaded successfully.",
+      registers,
+    }),
+    lastReconcileTimestamp: new Gauge({
+      name: "imds_guard_last_reconcile_timestamp_seconds",
+      help: "When the last reconcile finished (success or not).",
+      registers,
+    }),
+    lastQueuedTimestamp: new Gauge({
+      name: "imds_guard_last_queued_timestamp_seconds",
+      help: "When a reconcile was last asked for; far ahead of the last reconcile means the loop is stuck.",
+      registers,
+    }),
+    refusedPackets: new Counter({
+      name: "imds_guard_refused_packets_total",
+      help: "TCP connection attempts (SYNs) to the targets refused (in audit mode: that would have been), by family.",
+      labelNames: ["family"] as const,
+      registers,
+    }),
+    allowedPackets: new Counter({
+      name: "imds_guard_allowed_packets_total",
+      help: "TCP connection attempts (SYNs) to the targets let through, by family.",
+      labelNames: ["family"] as const,
+      registers,
+    }),
+    monitorUp: new Gauge({
+      name: "imds_guard_monitor_up",
+      help: "1 while the kernel ruleset event monitor (nft monitor) runs; 0 on the legacy flavour or when it died.",
+      registers,
+    }),
+    backendInfo: new Gauge({
+      name: "imds_guard_backend_info",
+      help: "The iptables flavour in use (value 1).",
+      labelNames: ["backend"] as const,
+      registers,
+    }),
+    ready: new Gauge({
+      name: "imds_guard_ready",
+      help: "1 when the kernel matched the policy at the last check.",
+      registers,
+    }),
     observeKernelCounters(family: Family, attempts: number, refused: number) {
       const feed = (counter: Counter<"family">, key: string, value: number): void => {
         const previous = last.get(key) ?? 0;

@@ -17,7 +17,10 @@ export interface ResolvedPolicy {
   readonly unresolved: readonly string[];
 }
 
-export async function resolvePolicy(config: Config, lookup: IdentityLookup): Promise<ResolvedPolicy> {
+export async function resolvePolicy(
+  config: Config,
+  lookup: IdentityLookup,
+): Promise<ResolvedPolicy> {
   const snapshot = await lookup(config.principals);
   const principals = resolvePrincipals(config.policy, config.principals, snapshot);
   return {

@@ -45,7 +45,8 @@ export async function reconcileFamily(
     const before = await readFamily(iptables, family);
     plan = diffFamily(desired, before);
     script = renderRestoreScript(plan, desired);
-    if (!write || planIsEmpty(plan)) return { family, plan, script, wrote: false, observed: before };
+    if (!write || planIsEmpty(plan))
+      return { family, plan, script, wrote: false, observed: before };
     await iptables.restore(family, script);
     // Reads verify writes: a difference right after a successful restore means another
     // manager rewrote the table in between, or the kernel normalised a rule differently.
@@ -67,7 +68,21 @@ export async function reconcileFamily(
     }
     return { family, plan, script, wrote: true, observed: after };
   } catch (error) {
-    const emptyPlan: FamilyPlan = { family, findings: [], refillChains: false, deleteJumps: [], insertJumps: [], removeChains: [] };
-    return { family, plan: plan ?? emptyPlan, script, wrote: false, error: asGuardError(error, family) };
+    const emptyPlan: FamilyPlan = {
+      family,
+      findings: [],
+      refillChains: false,
+      deleteJumps: [],
+      insertJumps: [],
+      flushChains: [],
+      removeChains: [],
+    };
+    return {
+      family,
+      plan: plan ?? emptyPlan,
+      script,
+      wrote: false,
+      error: asGuardError(error, family),
+    };
   }
 }

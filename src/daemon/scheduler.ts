@@ -2,7 +2,8 @@
 // event only says "something may have changed". Triggers that arrive while a reconcile runs
 // merge into one follow-up run; a failed run is retried with capped exponential backoff.
 
-export type TriggerKind = "start" | "event" | "poll" | "postwrite" | "file" | "config" | "signal" | "nss" | "retry";
+export type TriggerKind =
+  "start" | "event" | "poll" | "postwrite" | "file" | "config" | "signal" | "nss" | "retry";
 
 export interface TriggerBatch {
   readonly kinds: ReadonlySet<TriggerKind>;
@@ -58,6 +59,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
   let failures = 0;
   let stopped = false;
   let idleWaiters: (() => void)[] = [];
+  const isStopped = (): boolean => stopped;
 
   const settleIdle = (): void => {
     if (running === undefined && pending.size === 0) {
@@ -81,7 +83,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
     const batch: TriggerBatch = { kinds: pending, firstQueuedAt };
     pending = new Set();
     running = (async () => {
-      let ok = false;
+      let ok: boolean;
       try {
         ok = await options.run(batch);
       } catch {
@@ -94,7 +96,8 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
         failures++;
         const backoff = Math.min(backoffMaxMs, backoffInitialMs * 2 ** (failures - 1));
         notBefore = timers.now() + backoff;
-        if (!stopped) queue("retry");
+        // `stopped` may have been set by stop() while this run was awaited.
+        if (!isStopped()) queue("retry");
       }
     })().finally(() => {
       running = undefined;

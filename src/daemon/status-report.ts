@@ -50,13 +50,19 @@ export function formatStatus(report: StatusReport): string {
     `state: ${!report.installed ? "NOT INSTALLED" : report.inSync ? "in sync with the config" : "DRIFTED from the config"}`,
   ];
   for (const status of Object.values(report.families)) {
-    lines.push("", `${status.family}: ${status.installed ? `${status.rules} rule(s)` : "not installed"}${status.inSync ? "" : " (drifted)"}`);
+    lines.push(
+      "",
+      `${status.family}: ${status.installed ? `${status.rules} rule(s)` : "not installed"}${status.inSync ? "" : " (drifted)"}`,
+    );
     lines.push(`  targets: ${status.targets.join(", ") || "(none)"}`);
     for (const jump of status.jumps) lines.push(`  OUTPUT ${jump.position}: ${jump.spec}`);
-    for (const finding of status.findings) lines.push(`  drift: ${finding.reason}: ${finding.detail}`);
+    for (const finding of status.findings)
+      lines.push(`  drift: ${finding.reason}: ${finding.detail}`);
     for (const principal of status.principals) {
       const names = principal.names.length > 0 ? ` (${principal.names.join(", ")})` : "";
-      lines.push(`  ${principal.verdict} ${principal.owner} ${principal.id}${names}: ${principal.packets} packet(s)`);
+      lines.push(
+        `  ${principal.verdict} ${principal.owner} ${principal.id}${names}: ${principal.packets} packet(s)`,
+      );
     }
     lines.push(`  TCP connection attempts: ${status.attempts}, refused: ${status.refused}`);
   }
