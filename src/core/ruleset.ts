@@ -163,7 +163,10 @@ function jumps(targets: readonly string[]): RuleDraft[] {
   // Two jumps per target, because each alone can be bypassed: a nat-table OUTPUT DNAT
   // rewrites -d before the filter table sees it, and a raw-table NOTRACK makes conntrack
   // matches fail. The second jump skips packets the first already sent through the chain,
-  // so every packet is judged (and counted) exactly once.
+  // so every packet is judged (and counted) exactly once. It also takes only the ORIGINAL
+  // direction: the RST or ICMP error our own REJECT sends back to the client belongs to the
+  // same connection (reply direction, ctorigdst = target) and has no owner, so judging it
+  // would swallow the refusal and leave the client waiting instead of refused.
   return targets.flatMap((target): RuleDraft[] => [
     {
       matches: `-d ${target}`,
@@ -171,7 +174,7 @@ function jumps(targets: readonly string[]): RuleDraft[] {
       role: { kind: "jump", target, via: "destination" },
     },
     {
-      matches: `! -d ${target} -m conntrack --ctorigdst ${bareHost(target)}`,
+      matches: `! -d ${target} -m conntrack --ctorigdst ${bareHost(target)} --ctdir ORIGINAL`,
       target: `-j ${CHAIN}`,
       role: { kind: "jump", target, via: "ctorigdst" },
     },
