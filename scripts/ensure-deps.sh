@@ -22,6 +22,9 @@ declare -A wanted=(
   [promtool]=prometheus
   [systemd-analyze]=systemd
   [systemd-notify]=systemd
+  [curl]=curl
+  [debootstrap]=debootstrap
+  [systemd-nspawn]=systemd-container
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
