@@ -3,11 +3,14 @@
 // `imds-guard apply` ran in that namespace. IPv4 and IPv6, ports 80 and 443, both flavours.
 
 import assert from "node:assert/strict";
+import { readFile, writeFile } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
+import { execa } from "execa";
+import { LOG_PREFIX } from "../../src/core/ruleset.js";
 import type { ConnectOutcome, Family, ProbeUser, Testbed, TestGroup, TestUser } from "./harness/index.js";
 import { HTTP_PORTS, createTestbed } from "./harness/index.js";
 import type { Flavour } from "./support.js";
-import { imdsGuard, iptablesIn, makeConfigDir, saveRuleset } from "./support.js";
+import { imdsGuard, iptablesIn, makeConfigDir, saveRuleset, until } from "./support.js";
 
 const FAMILIES: readonly Family[] = ["ipv4", "ipv6"];
 const ROOT: ProbeUser = { uid: 0, gid: 0, groups: [0] };
@@ -330,5 +333,54 @@ void describe("plan", () => {
     assert.match(result.stdout, /-I OUTPUT 1 -d 169\.254\.169\.254\/32/);
     assert.match(result.stdout, /-I OUTPUT 1 -d fd00:ec2::254\/128/);
     assert.equal(await saveRuleset(testbed), before);
+  });
+});
+
+void describe("refusals in the kernel log", () => {
+  // LOG from a non-init namespace reaches the kernel log only with this host-wide switch;
+  // set it for the test and put back what was there.
+  const SWITCH = "/proc/sys/net/netfilter/nf_log_all_netns";
+  let previous = "0";
+  before(async () => {
+    previous = (await readFile(SWITCH, "utf8")).trim();
+    await writeFile(SWITCH, "1");
+  });
+  after(async () => {
+    await writeFile(SWITCH, previous);
+    await uninstall();
+  });
+
+  async function kernelLogSince(uptime: number): Promise<string[]> {
+    const result = await execa("dmesg", [], { reject: false });
+    return result.stdout.split("\n").filter((line) => {
+      const stamp = /^\[\s*(\d+\.\d+)\]/.exec(line);
+      return stamp?.[1] !== undefined && Number(stamp[1]) >= uptime;
+    });
+  }
+
+  async function uptimeNow(): Promise<number> {
+    return Number((await readFile("/proc/uptime", "utf8")).split(" ")[0]);
+  }
+
+  void test("a refused attempt is logged with the uid that made it, an allowed one is not", async () => {
+    await applyPolicy(`allow:\n  users: [${trusty.name}]\nlog_denied: true\n`);
+    const since = await uptimeNow();
+    await expectVerdict(apache, "ipv4", "refused");
+    await expectVerdict(trusty, "ipv4", "200");
+    const lines = await until("the LOG line", async () => {
+      const found = (await kernelLogSince(since)).filter((line) => line.includes(LOG_PREFIX.enforce.trim()));
+      return found.length > 0 ? found : undefined;
+    });
+    assert.ok(lines.some((line) => line.includes(`UID=${apache.uid} `)), lines.join("\n"));
+    assert.ok(!lines.some((line) => line.includes(`UID=${trusty.uid} `)), lines.join("\n"));
+  });
+
+  void test("log_denied: false logs nothing", async () => {
+    await applyPolicy(`allow:\n  users: [${trusty.name}]\nlog_denied: false\n`);
+    const since = await uptimeNow();
+    await expectVerdict(apache, "ipv4", "refused");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const lines = (await kernelLogSince(since)).filter((line) => line.includes(`UID=${apache.uid} `));
+    assert.deepEqual(lines, []);
   });
 });
