@@ -1,6 +1,7 @@
 // `imds-guard apply`: one reconcile of both families, each one atomic restore transaction,
 // verified by reading back. Idempotent: when the kernel already matches, nothing is written.
 
+import { heldDenialsFrom } from "../daemon/held-denials.js";
 import { resolvePolicy } from "../daemon/policy.js";
 import { reconcileFamily } from "../daemon/reconcile.js";
 import type { Runtime } from "./runtime.js";
@@ -9,8 +10,12 @@ import { EXIT, configOrExit } from "./runtime.js";
 
 export async function applyCommand(runtime: Runtime, configPath: string): Promise<number> {
   const { config, warnings } = await configOrExit(runtime, configPath);
-  const policy = await resolvePolicy(config, runtime.lookup);
   const dataplane = await openDataplane(runtime, config.backend);
+  const policy = await resolvePolicy(
+    config,
+    runtime.lookup,
+    heldDenialsFrom(dataplane.iptables, dataplane.families),
+  );
   for (const warning of [...warnings, ...dataplane.warnings, ...policy.unresolved])
     runtime.err(`warning: ${warning}`);
   let failed = false;

@@ -1,6 +1,7 @@
 // `imds-guard status`: what is installed now per family, compared with the config.
 // Exit 0 in sync, 3 drifted, 1 not installed.
 
+import { heldDenialsFrom } from "../daemon/held-denials.js";
 import { resolvePolicy } from "../daemon/policy.js";
 import { collectStatus, formatStatus } from "../daemon/status-report.js";
 import type { Runtime } from "./runtime.js";
@@ -13,8 +14,12 @@ export async function statusCommand(
   json: boolean,
 ): Promise<number> {
   const { config } = await configOrExit(runtime, configPath);
-  const policy = await resolvePolicy(config, runtime.lookup);
   const dataplane = await openDataplane(runtime, config.backend);
+  const policy = await resolvePolicy(
+    config,
+    runtime.lookup,
+    heldDenialsFrom(dataplane.iptables, dataplane.families),
+  );
   const report = await collectStatus(
     policy,
     dataplane.iptables,

@@ -75,6 +75,25 @@ export function parseIptablesSave(text: string, table = "filter"): ObservedTable
   return { chains };
 }
 
+/** The uids and gids our entry chain currently sends to the refusal chain (deny-list rules). */
+export function deniedIdsIn(
+  table: ObservedTable,
+  chain: string,
+  refuseChain: string,
+): { uids: number[]; gids: number[] } {
+  const uids: number[] = [];
+  const gids: number[] = [];
+  for (const rule of table.chains.get(chain) ?? []) {
+    const t = rule.tokens;
+    if (rule.tag === undefined || t[t.indexOf("-j") + 1] !== refuseChain) continue;
+    const uid = t.indexOf("--uid-owner");
+    const gid = t.indexOf("--gid-owner");
+    if (uid >= 0 && /^\d+$/.test(t[uid + 1] ?? "")) uids.push(Number(t[uid + 1]));
+    if (gid >= 0 && /^\d+$/.test(t[gid + 1] ?? "")) gids.push(Number(t[gid + 1]));
+  }
+  return { uids, gids };
+}
+
 export function ourRulesIn(table: ObservedTable, chain: string): SavedRule[] {
   return (table.chains.get(chain) ?? []).filter((rule) => rule.tag !== undefined);
 }

@@ -121,6 +121,32 @@ export function resolvePrincipals(
   };
 }
 
+/**
+ * A deny-list must never shrink because NSS stopped answering (LDAP down, a group deleted by
+ * mistake): while any denied name is unresolved, the ids the kernel already refuses are kept.
+ * Returns the principals unchanged when nothing is unresolved or the policy is an allow-list.
+ */
+export function retainDenials(
+  principals: Principals,
+  held: { readonly uids: readonly number[]; readonly gids: readonly number[] },
+): { principals: Principals; retained: { uids: number[]; gids: number[] } } {
+  if (principals.policy !== "deny" || principals.unresolved.length === 0) {
+    return { principals, retained: { uids: [], gids: [] } };
+  }
+  const retained = {
+    uids: sortedUnique(held.uids.filter((id) => !principals.uids.includes(id))),
+    gids: sortedUnique(held.gids.filter((id) => !principals.gids.includes(id))),
+  };
+  return {
+    principals: {
+      ...principals,
+      uids: sortedUnique([...principals.uids, ...retained.uids]),
+      gids: sortedUnique([...principals.gids, ...retained.gids]),
+    },
+    retained,
+  };
+}
+
 /** The names an NSS lookup must be asked about: every name in the spec. */
 export function lookupKeys(spec: PrincipalSpec): { users: string[]; groups: string[] } {
   return { users: [...spec.users], groups: [...spec.groups] };
@@ -130,5 +156,5 @@ export function describeUnresolved(policy: Policy, principal: ResolvedPrincipal)
   const what = `${principal.kind} "${principal.spec}"`;
   return policy === "allow"
     ? `${what} is not known to NSS (getent); it allows nobody until it exists`
-    : `${what} is not known to NSS (getent); it cannot be refused until it exists — use a numeric id to refuse it in advance`;
+    : `${what} is not known to NSS (getent); ids the kernel already refuses stay refused, but it cannot be refused by name until NSS knows it (a numeric id refuses in advance)`;
 }

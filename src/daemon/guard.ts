@@ -15,6 +15,7 @@ import type { LoadResult } from "../adapters/config-file.js";
 import type { Dataplane } from "./dataplane.js";
 import type { GuardMetrics } from "./metrics.js";
 import type { ResolvedPolicy } from "./policy.js";
+import { heldDenialsFrom } from "./held-denials.js";
 import { resolvePolicy } from "./policy.js";
 import { reconcileFamily } from "./reconcile.js";
 import type { TriggerBatch, TriggerKind } from "./scheduler.js";
@@ -194,16 +195,6 @@ export class Guard {
         await this.loadConfig();
       const current = this.config;
       if (!current) return this.fail("no valid config has been loaded");
-      if (!this.policy || RESOLVE_TRIGGERS.some((kind) => batch.kinds.has(kind))) {
-        const previous = this.policy;
-        this.policy = await resolvePolicy(current.config, this.deps.lookup);
-        for (const line of this.policy.unresolved) {
-          if (previous?.unresolved.includes(line) !== true)
-            logger.warn({ config: this.deps.configPath }, line);
-        }
-        this.recordPrincipals(this.policy);
-      }
-      const policy = this.policy;
       if (!this.dataplane || this.dataplaneBackend !== current.config.backend) {
         this.dataplane = await this.deps.openDataplane(current.config);
         this.dataplaneBackend = current.config.backend;
@@ -221,6 +212,20 @@ export class Guard {
         );
       }
       const dataplane = this.dataplane;
+      if (!this.policy || RESOLVE_TRIGGERS.some((kind) => batch.kinds.has(kind))) {
+        const previous = this.policy;
+        this.policy = await resolvePolicy(
+          current.config,
+          this.deps.lookup,
+          heldDenialsFrom(dataplane.iptables, dataplane.families),
+        );
+        for (const line of this.policy.unresolved) {
+          if (previous?.unresolved.includes(line) !== true)
+            logger.warn({ config: this.deps.configPath }, line);
+        }
+        this.recordPrincipals(this.policy);
+      }
+      const policy = this.policy;
       const policyChanged = this.appliedKey !== desiredKey(policy);
       const statuses: Partial<Record<Family, FamilyStatus>> = {};
       const errors: string[] = [];

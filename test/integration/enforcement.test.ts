@@ -384,3 +384,23 @@ void describe("refusals in the kernel log", () => {
     assert.deepEqual(lines, []);
   });
 });
+
+void describe("a deny-list whose account NSS no longer knows", () => {
+  void test("keeps refusing the uid the kernel already refuses (NSS going away never widens access)", async () => {
+    const doomed = await testbed.createUser("doomed");
+    await applyPolicy(`deny:\n  users: [${doomed.name}, ${apache.name}]\n`);
+    await expectVerdict(bare(doomed), "ipv4", "refused");
+    const removed = await execa("userdel", [doomed.name], { reject: false });
+    assert.equal(removed.exitCode, 0, removed.stderr);
+    const path = await configs.write("config.yaml", `backend: nft\ndeny:\n  users: [${doomed.name}, ${apache.name}]\n`);
+    const applied = await imdsGuard(testbed, ["apply", "--config", path]);
+    assert.equal(applied.exitCode, 0, applied.stderr);
+    assert.match(applied.stderr, new RegExp(`keeping the refusal of uid\\(s\\) \\[${doomed.uid}\\]`));
+    for (const family of FAMILIES) {
+      // A process that still runs as the deleted account's uid stays refused.
+      await expectVerdict(bare(doomed), family, "refused");
+      await expectVerdict(apache, family, "refused");
+      await expectVerdict(trusty, family, "200");
+    }
+  });
+});

@@ -1,0 +1,24 @@
+// Reads which ids the kernel refuses right now, for a deny-list that has unresolved names
+// (see core/principals.ts retainDenials). Reads only.
+
+import type { Family } from "../core/config-model.js";
+import { deniedIdsIn, parseIptablesSave } from "../core/iptables-save.js";
+import { CHAIN, REFUSE_CHAIN } from "../core/ruleset.js";
+import type { IptablesBackend } from "../adapters/iptables.js";
+import type { HeldDenials } from "./policy.js";
+
+export function heldDenialsFrom(
+  iptables: IptablesBackend,
+  families: readonly Family[],
+): HeldDenials {
+  return async () => {
+    const uids: number[] = [];
+    const gids: number[] = [];
+    for (const family of families) {
+      const held = deniedIdsIn(parseIptablesSave(await iptables.save(family)), CHAIN, REFUSE_CHAIN);
+      uids.push(...held.uids);
+      gids.push(...held.gids);
+    }
+    return { uids, gids };
+  };
+}
