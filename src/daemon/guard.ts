@@ -11,6 +11,7 @@ import { familyStatus } from "../core/status.js";
 import type { FamilyStatus } from "../core/status.js";
 import { countRules } from "../core/ruleset.js";
 import type { IdentityLookup } from "../adapters/identity.js";
+import { createThrottle } from "../adapters/logger.js";
 import type { LoadResult } from "../adapters/config-file.js";
 import type { Dataplane } from "./dataplane.js";
 import type { GuardMetrics } from "./metrics.js";
@@ -113,7 +114,8 @@ export class Guard {
   private reconcileStartedAt?: number;
   private lastDrift?: DriftRecord;
   private status?: StatusReport;
-  private lastErrorKey?: string;
+  /** A failing iptables is retried every few seconds; say so once a minute, with a count. */
+  private readonly errorThrottle = createThrottle(60_000);
 
   constructor(private readonly deps: GuardDeps) {}
 
@@ -247,14 +249,20 @@ export class Guard {
         if (outcome.error) {
           metrics.restoreErrors.inc({ family, code: outcome.error.code });
           errors.push(`${family}: [${outcome.error.code}] ${outcome.error.message}`);
-          const key = `${family}:${outcome.error.code}:${outcome.error.message}`;
-          if (key !== this.lastErrorKey) {
+          const repeat = this.errorThrottle.check(
+            `${family}:${outcome.error.code}:${outcome.error.message}`,
+          );
+          if (repeat.log) {
             logger.error(
-              { family, code: outcome.error.code, details: outcome.error.details },
+              {
+                family,
+                code: outcome.error.code,
+                details: outcome.error.details,
+                suppressed: repeat.suppressed,
+              },
               outcome.error.message,
             );
           }
-          this.lastErrorKey = key;
         } else if (outcome.wrote && policyChanged) {
           logger.info(
             {
@@ -282,7 +290,6 @@ export class Guard {
       });
       if (errors.length > 0) return this.fail(errors.join("; "));
       this.appliedKey = desiredKey(policy);
-      this.lastErrorKey = undefined;
       this.lastSuccessAt = this.deps.now();
       this.setReady(
         true,
@@ -298,9 +305,9 @@ export class Guard {
           ? error.message
           : String(error);
       metrics.reconcileTotal.inc({ result: "error" });
-      const key = `exception:${message}`;
-      if (key !== this.lastErrorKey) logger.error({ err: error }, `reconcile failed: ${message}`);
-      this.lastErrorKey = key;
+      const repeat = this.errorThrottle.check(`exception:${message}`);
+      if (repeat.log)
+        logger.error({ err: error, suppressed: repeat.suppressed }, `reconcile failed: ${message}`);
       return this.fail(message);
     } finally {
       endTimer();
