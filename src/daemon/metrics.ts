@@ -29,7 +29,17 @@ export interface GuardMetrics {
 }
 
 export function createGuardMetrics(registry: Registry, withDefaults = true): GuardMetrics {
-  if (withDefaults) collectDefaultMetrics({ register: registry });
+  if (withDefaults) {
+    collectDefaultMetrics({ register: registry });
+    // prom-client exports these gauges with a _total suffix, which promtool (rightly) rejects.
+    for (const name of [
+      "nodejs_active_handles_total",
+      "nodejs_active_requests_total",
+      "nodejs_active_resources_total",
+    ]) {
+      registry.removeSingleMetric(name);
+    }
+  }
   const registers = [registry];
   const last = new Map<string, number>();
   const metrics = {
