@@ -1,23 +1,13 @@
 // `imds-guard apply`: one reconcile of both families, each one atomic restore transaction,
 // verified by reading back. Idempotent: when the kernel already matches, nothing is written.
 
-import { heldDenialsFrom } from "../daemon/held-denials.js";
-import { resolvePolicy } from "../daemon/policy.js";
 import { reconcileFamily } from "../daemon/reconcile.js";
 import type { Runtime } from "./runtime.js";
-import { openDataplane } from "../daemon/dataplane.js";
-import { EXIT, configOrExit } from "./runtime.js";
+import { EXIT, prepare } from "./runtime.js";
 
 export async function applyCommand(runtime: Runtime, configPath: string): Promise<number> {
-  const { config, warnings } = await configOrExit(runtime, configPath);
-  const dataplane = await openDataplane(runtime, config.backend);
-  const policy = await resolvePolicy(
-    config,
-    runtime.lookup,
-    heldDenialsFrom(dataplane.iptables, dataplane.families),
-  );
-  for (const warning of [...warnings, ...dataplane.warnings, ...policy.unresolved])
-    runtime.err(`warning: ${warning}`);
+  const { dataplane, policy, warnings } = await prepare(runtime, configPath);
+  for (const warning of warnings) runtime.err(`warning: ${warning}`);
   let failed = false;
   for (const family of dataplane.families) {
     const outcome = await reconcileFamily(dataplane.iptables, policy.desired[family], true);

@@ -1,23 +1,13 @@
 // `imds-guard plan`: what `apply` would change, in words and as the exact restore script per
 // family. Reads the kernel (iptables-save) and changes nothing. Exit 0 in sync, 3 pending.
 
-import { heldDenialsFrom } from "../daemon/held-denials.js";
-import { resolvePolicy } from "../daemon/policy.js";
 import { reconcileFamily } from "../daemon/reconcile.js";
 import type { Runtime } from "./runtime.js";
-import { openDataplane } from "../daemon/dataplane.js";
-import { EXIT, configOrExit } from "./runtime.js";
+import { EXIT, prepare } from "./runtime.js";
 
 export async function planCommand(runtime: Runtime, configPath: string): Promise<number> {
-  const { config } = await configOrExit(runtime, configPath);
-  const dataplane = await openDataplane(runtime, config.backend);
-  const policy = await resolvePolicy(
-    config,
-    runtime.lookup,
-    heldDenialsFrom(dataplane.iptables, dataplane.families),
-  );
-  for (const warning of [...dataplane.warnings, ...policy.unresolved])
-    runtime.err(`warning: ${warning}`);
+  const { dataplane, policy, warnings } = await prepare(runtime, configPath);
+  for (const warning of warnings) runtime.err(`warning: ${warning}`);
   runtime.out(`backend: iptables-${dataplane.iptables.flavour} (${dataplane.decision.reason})`);
   let pending = false;
   let failed = false;

@@ -7,6 +7,11 @@ import { isImdsGuardError } from "../core/errors.js";
 import type { CommandRunner } from "../adapters/command-runner.js";
 import type { LoadResult } from "../adapters/config-file.js";
 import type { IdentityLookup } from "../adapters/identity.js";
+import type { Dataplane } from "../daemon/dataplane.js";
+import { openDataplane } from "../daemon/dataplane.js";
+import { heldDenialsFrom } from "../daemon/held-denials.js";
+import type { ResolvedPolicy } from "../daemon/policy.js";
+import { resolvePolicy } from "../daemon/policy.js";
 
 export interface Runtime {
   readonly run: CommandRunner;
@@ -47,4 +52,32 @@ export async function configOrExit(
     throw new CommandExit(EXIT.failure);
   }
   return loaded;
+}
+
+export interface Prepared {
+  readonly config: Config;
+  readonly warnings: readonly string[];
+  readonly dataplane: Dataplane;
+  readonly policy: ResolvedPolicy;
+}
+
+/**
+ * What plan, apply and status all start with: the valid config, the iptables flavour and
+ * families, and the policy resolved against NSS (and, for a deny-list with unresolved names,
+ * the denials the kernel already holds). Every warning is collected, none printed.
+ */
+export async function prepare(runtime: Runtime, configPath: string): Promise<Prepared> {
+  const { config, warnings } = await configOrExit(runtime, configPath);
+  const dataplane = await openDataplane(runtime, config.backend);
+  const policy = await resolvePolicy(
+    config,
+    runtime.lookup,
+    heldDenialsFrom(dataplane.iptables, dataplane.families),
+  );
+  return {
+    config,
+    dataplane,
+    policy,
+    warnings: [...warnings, ...dataplane.warnings, ...policy.unresolved],
+  };
 }

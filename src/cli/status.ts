@@ -1,25 +1,16 @@
 // `imds-guard status`: what is installed now per family, compared with the config.
 // Exit 0 in sync, 3 drifted, 1 not installed.
 
-import { heldDenialsFrom } from "../daemon/held-denials.js";
-import { resolvePolicy } from "../daemon/policy.js";
 import { collectStatus, formatStatus } from "../daemon/status-report.js";
 import type { Runtime } from "./runtime.js";
-import { openDataplane } from "../daemon/dataplane.js";
-import { EXIT, configOrExit } from "./runtime.js";
+import { EXIT, prepare } from "./runtime.js";
 
 export async function statusCommand(
   runtime: Runtime,
   configPath: string,
   json: boolean,
 ): Promise<number> {
-  const { config } = await configOrExit(runtime, configPath);
-  const dataplane = await openDataplane(runtime, config.backend);
-  const policy = await resolvePolicy(
-    config,
-    runtime.lookup,
-    heldDenialsFrom(dataplane.iptables, dataplane.families),
-  );
+  const { dataplane, policy } = await prepare(runtime, configPath);
   const report = await collectStatus(
     policy,
     dataplane.iptables,
