@@ -235,6 +235,11 @@ export class Guard {
       for (const family of dataplane.families) {
         const desired = policy.desired[family];
         const outcome = await reconcileFamily(dataplane.iptables, desired, true);
+        if (outcome.before) {
+          // What the kernel counted since the last read, before the write reset our chains.
+          const before = familyStatus(desired, outcome.before, policy.principals);
+          metrics.observeKernelCounters(family, before.attempts, before.refused);
+        }
         if (outcome.observed) {
           const status = familyStatus(desired, outcome.observed, policy.principals);
           statuses[family] = status;

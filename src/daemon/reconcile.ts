@@ -20,6 +20,8 @@ export interface FamilyOutcome {
   readonly wrote: boolean;
   /** The kernel as last read (after the write, when there was one). */
   readonly observed?: ObservedTable;
+  /** The kernel as read before a write, whose counters the write resets by refilling our chains. */
+  readonly before?: ObservedTable;
   readonly error?: ImdsGuardError;
 }
 
@@ -59,6 +61,7 @@ export async function reconcileFamily(
         script,
         wrote: true,
         observed: after,
+        before,
         error: new ImdsGuardError(
           "IMDSG_IPTABLES_FIGHT",
           `${family}: the kernel differs from the policy right after a successful restore (${check.findings.map((f) => f.reason).join(", ")}); is another firewall manager rewriting OUTPUT?`,
@@ -66,7 +69,7 @@ export async function reconcileFamily(
         ),
       };
     }
-    return { family, plan, script, wrote: true, observed: after };
+    return { family, plan, script, wrote: true, observed: after, before };
   } catch (error) {
     const emptyPlan: FamilyPlan = {
       family,
