@@ -79,6 +79,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
   let reloadPending = false;
   let lastStatusLine = "";
   let sentReady = false;
+  let listening = false;
   let monitor: KernelMonitor | undefined;
 
   const statusLine = (): string => {
@@ -122,7 +123,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
       lastStatusLine = line;
       await notifier.status(line);
     }
-    if (ok && (!sentReady || reloadPending)) {
+    // READY=1 promises a working /readyz too, so it waits for the HTTP server.
+    if (ok && listening && (!sentReady || reloadPending)) {
       sentReady = true;
       reloadPending = false;
       await notifier.ready(line);
@@ -244,6 +246,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
     allowNonLoopback: guard.currentConfig?.listenNonLoopback ?? false,
   });
   logger.info({ address }, "serving /healthz, /readyz, /status, /metrics");
+  listening = true;
+  if (guard.snapshot().ready) await afterReconcile(true);
 
   const watchdogMs = notifier.watchdogIntervalMs();
   // Pet the watchdog only while the loop is healthy, so systemd catches a hung loop.
