@@ -10,8 +10,10 @@ import { isImdsGuardError } from "../core/errors.js";
 import { familyStatus } from "../core/status.js";
 import type { FamilyStatus } from "../core/status.js";
 import { countRules } from "../core/ruleset.js";
+import type { DesiredFamily } from "../core/ruleset.js";
 import type { IdentityLookup } from "../adapters/identity.js";
 import { createThrottle } from "../adapters/logger.js";
+import type { Throttle } from "../adapters/logger.js";
 import type { LoadResult } from "../adapters/config-file.js";
 import type { Dataplane } from "./dataplane.js";
 import type { GuardMetrics } from "./metrics.js";
@@ -90,21 +92,18 @@ function triggerLabel(kinds: ReadonlySet<TriggerKind>): string {
 const RESOLVE_TRIGGERS: readonly TriggerKind[] = ["start", "file", "config", "signal", "nss"];
 const CONFIG_TRIGGERS: readonly TriggerKind[] = ["start", "config", "signal"];
 
-function desiredKey(policy: ResolvedPolicy): string {
-  return JSON.stringify(
-    [policy.desired.ipv4, policy.desired.ipv6].map((f) => [
-      f.installed,
-      f.chains,
-      f.jumps.map((j) => j.spec),
-    ]),
-  );
+function desiredKey(f: DesiredFamily): string {
+  return JSON.stringify([f.installed, f.chains, f.jumps.map((j) => j.spec)]);
 }
 
 export class Guard {
   private config?: { config: Config; digest: string; loadedAt: number };
   private configError?: string;
   private policy?: ResolvedPolicy;
-  private appliedKey?: string;
+  /** Per family, so one family's failure never makes the other's drift look like a policy change. */
+  private readonly appliedKeys = new Map<Family, string>();
+  /** Drift seen but not yet repaired: counted once, timed from the trigger that revealed it. */
+  private readonly pendingDrift = new Map<Family, { trigger: string; since: number }>();
   private dataplane?: Dataplane;
   private dataplaneBackend?: string;
   private ready = false;
@@ -115,9 +114,11 @@ export class Guard {
   private lastDrift?: DriftRecord;
   private status?: StatusReport;
   /** A failing iptables is retried every few seconds; say so once a minute, with a count. */
-  private readonly errorThrottle = createThrottle(60_000);
+  private readonly errorThrottle: Throttle;
 
-  constructor(private readonly deps: GuardDeps) {}
+  constructor(private readonly deps: GuardDeps) {
+    this.errorThrottle = createThrottle(60_000, deps.now);
+  }
 
   snapshot(): GuardSnapshot {
     return {
@@ -216,11 +217,16 @@ export class Guard {
       const dataplane = this.dataplane;
       if (!this.policy || RESOLVE_TRIGGERS.some((kind) => batch.kinds.has(kind))) {
         const previous = this.policy;
-        this.policy = await resolvePolicy(
-          current.config,
-          this.deps.lookup,
-          heldDenialsFrom(dataplane.iptables, dataplane.families),
-        );
+        const inKernel = heldDenialsFrom(dataplane.iptables, dataplane.families);
+        // What we last refused counts too: a flush just before NSS failed must not forget it.
+        const remembered = previous?.config.policy === "deny" ? previous.principals : undefined;
+        this.policy = await resolvePolicy(current.config, this.deps.lookup, async () => {
+          const held = await inKernel();
+          return {
+            uids: [...held.uids, ...(remembered?.uids ?? [])],
+            gids: [...held.gids, ...(remembered?.gids ?? [])],
+          };
+        });
         for (const line of this.policy.unresolved) {
           if (previous?.unresolved.includes(line) !== true)
             logger.warn({ config: this.deps.configPath }, line);
@@ -228,12 +234,12 @@ export class Guard {
         this.recordPrincipals(this.policy);
       }
       const policy = this.policy;
-      const policyChanged = this.appliedKey !== desiredKey(policy);
       const statuses: Partial<Record<Family, FamilyStatus>> = {};
       const errors: string[] = [];
       let wrote = false;
       for (const family of dataplane.families) {
         const desired = policy.desired[family];
+        const policyChanged = this.appliedKeys.get(family) !== desiredKey(desired);
         const outcome = await reconcileFamily(dataplane.iptables, desired, true);
         if (outcome.before) {
           // What the kernel counted since the last read, before the write reset our chains.
@@ -249,8 +255,10 @@ export class Guard {
           metrics.rules.set({ family }, countRules(desired));
         }
         if (outcome.wrote) wrote = true;
-        if (outcome.wrote && !policyChanged)
-          this.recordDrift(family, outcome.plan.findings, batch, outcome.error === undefined);
+        if (outcome.plan.findings.length > 0 && !policyChanged)
+          this.recordDrift(family, outcome.plan.findings, batch, outcome.wrote && !outcome.error);
+        else if (policyChanged) this.pendingDrift.delete(family);
+        if (!outcome.error) this.appliedKeys.set(family, desiredKey(desired));
         if (outcome.error) {
           metrics.restoreErrors.inc({ family, code: outcome.error.code });
           errors.push(`${family}: [${outcome.error.code}] ${outcome.error.message}`);
@@ -294,7 +302,6 @@ export class Guard {
         result: errors.length > 0 ? "error" : wrote ? "changed" : "unchanged",
       });
       if (errors.length > 0) return this.fail(errors.join("; "));
-      this.appliedKey = desiredKey(policy);
       this.lastSuccessAt = this.deps.now();
       this.setReady(
         true,
@@ -352,11 +359,24 @@ export class Guard {
     batch: TriggerBatch,
     repaired: boolean,
   ): void {
-    const trigger = triggerLabel(batch.kinds);
-    for (const finding of findings)
-      this.deps.metrics.driftDetected.inc({ family, reason: finding.reason, trigger });
-    const repairMs = this.deps.now() - batch.firstQueuedAt;
-    if (repaired) this.deps.metrics.driftRepairDuration.observe(repairMs / 1000);
+    let pending = this.pendingDrift.get(family);
+    const firstSeen = pending === undefined;
+    if (!pending) {
+      pending = { trigger: triggerLabel(batch.kinds), since: batch.firstQueuedAt };
+      this.pendingDrift.set(family, pending);
+      for (const finding of findings)
+        this.deps.metrics.driftDetected.inc({
+          family,
+          reason: finding.reason,
+          trigger: pending.trigger,
+        });
+    }
+    const trigger = pending.trigger;
+    const repairMs = this.deps.now() - pending.since;
+    if (repaired) {
+      this.deps.metrics.driftRepairDuration.observe(repairMs / 1000);
+      this.pendingDrift.delete(family);
+    }
     this.lastDrift = {
       at: this.deps.now(),
       family,
@@ -364,6 +384,8 @@ export class Guard {
       reasons: findings.map((f) => f.reason),
       repairMs,
     };
+    // One line when drift is found and one when it is repaired, not one per failed retry.
+    if (!firstSeen && !repaired) return;
     this.deps.logger.warn(
       {
         family,

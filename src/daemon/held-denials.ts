@@ -15,7 +15,14 @@ export function heldDenialsFrom(
     const uids: number[] = [];
     const gids: number[] = [];
     for (const family of families) {
-      const held = deniedIdsIn(parseIptablesSave(await iptables.save(family)), CHAIN, REFUSE_CHAIN);
+      let text: string;
+      try {
+        text = await iptables.save(family);
+      } catch {
+        // That family's own reconcile reports the failure; it must not stop the others.
+        continue;
+      }
+      const held = deniedIdsIn(parseIptablesSave(text), CHAIN, REFUSE_CHAIN);
       uids.push(...held.uids);
       gids.push(...held.gids);
     }
