@@ -260,7 +260,9 @@ export function checkListen(value: unknown): Checked<ListenAddress> {
     return fail(`port must be a number from 1 to 65535, got ${describeValue(portText)}`);
   }
   if (!bracketed && rawHost.toLowerCase() === "localhost") {
-    return ok({ host: "localhost", port, loopback: true });
+    // Bound as 127.0.0.1: what "localhost" resolves to depends on /etc/hosts, and the HTTP
+    // adapter only trusts loopback literals.
+    return ok({ host: "127.0.0.1", port, loopback: true });
   }
   if (!bracketed && isIPv4(rawHost)) {
     return ok({ host: rawHost, port, loopback: rawHost.startsWith("127.") });

@@ -165,6 +165,11 @@ void describe("a valid file becomes a normalised Config", () => {
       expect: { listen: { host: "127.1.2.3", port: 80 }, listenNonLoopback: false },
     },
     {
+      intent: "localhost is bound as 127.0.0.1, whatever /etc/hosts says",
+      text: lines("allow: {users: [root]}", "listen: localhost:9877"),
+      expect: { listen: { host: "127.0.0.1", port: 9877 }, listenNonLoopback: false },
+    },
+    {
       intent: "a non-loopback address is accepted once listen_non_loopback says so",
       text: lines("allow: {users: [root]}", "listen: 0.0.0.0:9877", "listen_non_loopback: true"),
       expect: { listen: { host: "0.0.0.0", port: 9877 }, listenNonLoopback: true },
