@@ -9,7 +9,6 @@ import type { DriftFinding } from "../core/diff.js";
 import { isImdsGuardError } from "../core/errors.js";
 import { familyStatus } from "../core/status.js";
 import type { FamilyStatus } from "../core/status.js";
-import { countRules } from "../core/ruleset.js";
 import type { DesiredFamily } from "../core/ruleset.js";
 import type { IdentityLookup } from "../adapters/identity.js";
 import { createThrottle } from "../adapters/logger.js";
@@ -251,8 +250,6 @@ export class Guard {
           statuses[family] = status;
           metrics.rules.set({ family }, status.rules);
           metrics.observeKernelCounters(family, status.attempts, status.refused);
-        } else {
-          metrics.rules.set({ family }, countRules(desired));
         }
         if (outcome.wrote) wrote = true;
         if (outcome.plan.findings.length > 0 && !policyChanged)
