@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Command, CommanderError, Option } from "commander";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_CONFIG_PATH } from "../core/config-model.js";
 import { createCommandRunner } from "../adapters/command-runner.js";
 import { loadConfigFile } from "../adapters/config-file.js";
@@ -14,6 +14,7 @@ import { createIdentityLookup } from "../adapters/identity.js";
 import { applyCommand } from "./apply.js";
 import { checkCommand } from "./check.js";
 import { planCommand } from "./plan.js";
+import { reloadCommand } from "./reload.js";
 import { runCommand } from "./run.js";
 import type { Runtime } from "./runtime.js";
 import { CommandExit, EXIT } from "./runtime.js";
@@ -110,6 +111,19 @@ async function main(argv: string[]): Promise<number> {
     )
     .action(async () => {
       exitCode = await uninstallCommand(runtime);
+    });
+  program
+    .command("reload")
+    .description(
+      "ExecReload: SIGHUP the daemon and wait until it has reloaded (exit 1 if it does not)",
+    )
+    .addOption(configOption())
+    .requiredOption("--pid <pid>", "the daemon's pid (systemd: $MAINPID)", (value) => {
+      if (!/^\d+$/.test(value)) throw new InvalidArgumentError("a pid is a positive number");
+      return Number(value);
+    })
+    .action(async (options: { config: string; pid: number }) => {
+      exitCode = await reloadCommand(runtime, { configPath: options.config, pid: options.pid });
     });
   program
     .command("run")

@@ -77,6 +77,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
   }
 
   let reloadPending = false;
+  /** SIGHUP reloads finished (READY=1 sent again); `imds-guard reload` waits for it to rise. */
+  let reloadsCompleted = 0;
   let lastStatusLine = "";
   let sentReady = false;
   let listening = false;
@@ -126,6 +128,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
     // READY=1 promises a working /readyz too, so it waits for the HTTP server.
     if (ok && listening && (!sentReady || reloadPending)) {
       sentReady = true;
+      if (reloadPending) reloadsCompleted++;
       reloadPending = false;
       await notifier.ready(line);
       logger.info({ status: line }, "ready");
@@ -231,6 +234,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<RunningDaemon> {
             configDigest: snap.configDigest ?? null,
             configError: snap.configError ?? null,
             monitorUp: monitor?.up ?? false,
+            reloadsCompleted,
           },
         };
       },

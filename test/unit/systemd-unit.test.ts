@@ -21,13 +21,16 @@ const MAX_EXPOSURE = 3.0;
 
 const haveAnalyze = spawnSync("systemd-analyze", ["--version"]).error === undefined;
 
-// systemd-analyze verify checks that ExecStart= is executable, and /usr/bin/imds-guard only exists
+// systemd-analyze verify checks that ExecStart= and ExecReload= are executable, and /usr/bin/imds-guard only exists
 // once the package is installed; point it at node, which is what the link runs anyway.
 async function unitCopy(): Promise<{ path: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), "imdsg-unit-"));
   const path = join(dir, UNIT_NAME);
   const text = await readFile(UNIT_PATH, "utf8");
-  const patched = text.replace(/^ExecStart=\/usr\/bin\/imds-guard /m, "ExecStart=/usr/bin/node ");
+  const patched = text.replace(
+    /^(ExecStart|ExecReload)=\/usr\/bin\/imds-guard /gm,
+    "$1=/usr/bin/node ",
+  );
   assert.notEqual(patched, text, "ExecStart= line not found");
   await writeFile(path, patched);
   return { path, cleanup: () => rm(dir, { recursive: true, force: true }) };
