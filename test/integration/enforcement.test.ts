@@ -7,10 +7,25 @@ import { readFile, writeFile } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { execa } from "execa";
 import { LOG_PREFIX } from "../../src/core/ruleset.js";
-import type { ConnectOutcome, Family, ProbeUser, Testbed, TestGroup, TestUser } from "./harness/index.js";
+import type {
+  ConnectOutcome,
+  Family,
+  ProbeUser,
+  Testbed,
+  TestGroup,
+  TestUser,
+} from "./harness/index.js";
 import { HTTP_PORTS, createTestbed } from "./harness/index.js";
 import type { Flavour } from "./support.js";
-import { imdsGuard, iptablesIn, makeConfigDir, saveRuleset, until } from "./support.js";
+import type { VerdictOptions } from "./support.js";
+import {
+  expectVerdict as expectVerdictIn,
+  imdsGuard,
+  iptablesIn,
+  makeConfigDir,
+  saveRuleset,
+  until,
+} from "./support.js";
 
 const FAMILIES: readonly Family[] = ["ipv4", "ipv6"];
 const ROOT: ProbeUser = { uid: 0, gid: 0, groups: [0] };
@@ -58,11 +73,13 @@ function describeOutcome(outcome: ConnectOutcome): string {
   return `${outcome.result} in ${outcome.ms} ms${outcome.detail === undefined ? "" : ` (${outcome.detail})`}`;
 }
 
-/** Asserts a verdict. 900 ms is below the ~1 s an IPv6 ICMP refusal takes: "refused" here means a reset. */
-async function expectVerdict(user: ProbeUser, family: Family, expected: "200" | "refused", options: { port?: number; host?: string; protocol?: "tcp" | "udp" } = {}): Promise<ConnectOutcome> {
-  const outcome = await testbed.connect({ user, family, timeoutMs: 900, ...options });
-  assert.equal(outcome.result, expected, `uid ${user.uid} ${family} ${options.protocol ?? "tcp"}/${options.port ?? 80}${options.host === undefined ? "" : ` to ${options.host}`}: ${describeOutcome(outcome)}`);
-  return outcome;
+function expectVerdict(
+  user: ProbeUser,
+  family: Family,
+  expected: "200" | "refused",
+  options: VerdictOptions = {},
+): Promise<ConnectOutcome> {
+  return expectVerdictIn(testbed, user, family, expected, options);
 }
 
 /** Only the identity, no supplementary groups: what an already running process has. */
@@ -96,7 +113,10 @@ void describe("allow-list of users on iptables-nft", () => {
 
   void test("a second apply writes nothing: the whole ruleset is byte-for-byte the same", async () => {
     const before = await saveRuleset(testbed);
-    const path = await configs.write("config.yaml", `backend: nft\nallow:\n  users: [${trusty.name}]\n`);
+    const path = await configs.write(
+      "config.yaml",
+      `backend: nft\nallow:\n  users: [${trusty.name}]\n`,
+    );
     const result = await imdsGuard(testbed, ["apply", "--config", path]);
     assert.equal(result.exitCode, 0, result.stderr);
     assert.match(result.stdout, /ipv4: already in sync, nothing written/);
@@ -105,22 +125,34 @@ void describe("allow-list of users on iptables-nft", () => {
   });
 
   void test("status reports in sync (exit 0) with the refused attempts counted", async () => {
-    const path = await configs.write("config.yaml", `backend: nft\nallow:\n  users: [${trusty.name}]\n`);
+    const path = await configs.write(
+      "config.yaml",
+      `backend: nft\nallow:\n  users: [${trusty.name}]\n`,
+    );
     const result = await imdsGuard(testbed, ["status", "--json", "--config", path]);
     assert.equal(result.exitCode, 0, result.stdout + result.stderr);
-    const report = JSON.parse(result.stdout) as { inSync: boolean; backend: string; families: Record<Family, { refused: number; principals: { id: number; verdict: string; packets: number }[] }> };
+    const report = JSON.parse(result.stdout) as {
+      inSync: boolean;
+      backend: string;
+      families: Record<
+        Family,
+        { refused: number; principals: { id: number; verdict: string; packets: number }[] }
+      >;
+    };
     assert.equal(report.inSync, true);
     assert.equal(report.backend, "nft");
     for (const family of FAMILIES) {
       assert.ok(report.families[family].refused > 0, `${family}: refused attempts were counted`);
       const allowed = report.families[family].principals.find((p) => p.id === trusty.uid);
       assert.equal(allowed?.verdict, "allowed");
-
     }
   });
 
   void test("status says drifted (exit 3) after a foreign rule lands above our jump, and not installed (exit 1) after uninstall", async () => {
-    const path = await configs.write("config.yaml", `backend: nft\nallow:\n  users: [${trusty.name}]\n`);
+    const path = await configs.write(
+      "config.yaml",
+      `backend: nft\nallow:\n  users: [${trusty.name}]\n`,
+    );
     await iptablesIn(testbed, ["iptables", "-I", "OUTPUT", "1", "-j", "ACCEPT"]);
     const drifted = await imdsGuard(testbed, ["status", "--config", path]);
     assert.equal(drifted.exitCode, 3, drifted.stdout);
@@ -178,7 +210,9 @@ void describe("audit mode", () => {
       await expectVerdict(apache, family, "200");
     }
     const result = await imdsGuard(testbed, ["status", "--json", "--config", path]);
-    const report = JSON.parse(result.stdout) as { families: Record<Family, { refused: number; attempts: number }> };
+    const report = JSON.parse(result.stdout) as {
+      families: Record<Family, { refused: number; attempts: number }>;
+    };
     for (const family of FAMILIES) {
       assert.ok(report.families[family].refused >= 1, `${family}: would-be refusal counted`);
       assert.ok(report.families[family].attempts >= 2, `${family}: both attempts counted`);
@@ -193,7 +227,10 @@ void describe("an established connection of a user who becomes refused", () => {
       const held = await testbed.holdConnection({ user: apache, family });
       try {
         assert.equal(held.first.result, "200", describeOutcome(held.first));
-        const path = await configs.write("config.yaml", `backend: nft\ndeny:\n  users: [${apache.name}]\n`);
+        const path = await configs.write(
+          "config.yaml",
+          `backend: nft\ndeny:\n  users: [${apache.name}]\n`,
+        );
         const applied = await imdsGuard(testbed, ["apply", "--config", path]);
         assert.equal(applied.exitCode, 0, applied.stderr);
         const next = await held.next();
@@ -221,11 +258,28 @@ void describe("detours around the guard", () => {
     void test(`a nat-table DNAT of the target to another address does not help a refused user (${family})`, async () => {
       await applyPolicy(policy());
       const other = testbed.other[family];
-      await iptablesIn(testbed, [tool, "-t", "nat", "-A", "OUTPUT", "-d", testbed.targets[family], "-p", "tcp", "-j", "DNAT", "--to-destination", family === "ipv4" ? other : `[${other}]`]);
+      await iptablesIn(testbed, [
+        tool,
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        testbed.targets[family],
+        "-p",
+        "tcp",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        family === "ipv4" ? other : `[${other}]`,
+      ]);
       try {
         await expectVerdict(apache, family, "refused");
         const allowed = await expectVerdict(trusty, family, "200");
-        assert.ok(allowed.servedBy?.startsWith(other), `the detour is real: served by ${allowed.servedBy ?? "?"}`);
+        assert.ok(
+          allowed.servedBy?.startsWith(other),
+          `the detour is real: served by ${allowed.servedBy ?? "?"}`,
+        );
         // Why two jumps: without the conntrack one, the detour gets through.
         const output = await testbed.exec([`${tool}-save`, "-t", "filter"]);
         const ctJump = output.stdout.split("\n").find((line) => line.includes("--ctorigdst"));
@@ -239,7 +293,17 @@ void describe("detours around the guard", () => {
 
     void test(`a raw-table NOTRACK of the target does not help a refused user (${family})`, async () => {
       await applyPolicy(policy());
-      await iptablesIn(testbed, [tool, "-t", "raw", "-A", "OUTPUT", "-d", testbed.targets[family], "-j", "NOTRACK"]);
+      await iptablesIn(testbed, [
+        tool,
+        "-t",
+        "raw",
+        "-A",
+        "OUTPUT",
+        "-d",
+        testbed.targets[family],
+        "-j",
+        "NOTRACK",
+      ]);
       try {
         await expectVerdict(apache, family, "refused");
         await expectVerdict(trusty, family, "200");
@@ -253,7 +317,19 @@ void describe("detours around the guard", () => {
 void describe("foreign rules", () => {
   const foreign: readonly (readonly string[])[] = [
     ["-A", "OUTPUT", "-p", "udp", "--dport", "5353", "-j", "ACCEPT"],
-    ["-I", "OUTPUT", "1", "-m", "comment", "--comment", "ops: keep me first", "-p", "icmp", "-j", "ACCEPT"],
+    [
+      "-I",
+      "OUTPUT",
+      "1",
+      "-m",
+      "comment",
+      "--comment",
+      "ops: keep me first",
+      "-p",
+      "icmp",
+      "-j",
+      "ACCEPT",
+    ],
     ["-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"],
     ["-N", "OPS-CHAIN"],
     ["-A", "OPS-CHAIN", "-s", "10.0.0.0/8", "-j", "RETURN"],
@@ -264,9 +340,22 @@ void describe("foreign rules", () => {
     for (const flavour of ["nft", "legacy"] as const) {
       await uninstall();
       for (const rule of foreign) await iptablesIn(testbed, [`iptables-${flavour}`, ...rule]);
-      await iptablesIn(testbed, [`ip6tables-${flavour}`, "-A", "OUTPUT", "-p", "udp", "--dport", "5353", "-j", "ACCEPT"]);
+      await iptablesIn(testbed, [
+        `ip6tables-${flavour}`,
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "5353",
+        "-j",
+        "ACCEPT",
+      ]);
       const pristine = await saveRuleset(testbed, flavour);
-      const path = await configs.write("config.yaml", `backend: ${flavour}\nallow:\n  users: [${trusty.name}]\n`);
+      const path = await configs.write(
+        "config.yaml",
+        `backend: ${flavour}\nallow:\n  users: [${trusty.name}]\n`,
+      );
       const applied = await imdsGuard(testbed, ["apply", "--config", path]);
       assert.equal(applied.exitCode, 0, applied.stderr);
       const installed = await saveRuleset(testbed, flavour);
@@ -274,12 +363,20 @@ void describe("foreign rules", () => {
         .split("\n")
         .filter((line) => !line.includes("imds-guard:") && !line.includes("IMDS-GUARD"))
         .join("\n");
-      assert.equal(withoutOurs, pristine, `${flavour}: foreign rules unchanged and in order after apply`);
+      assert.equal(
+        withoutOurs,
+        pristine,
+        `${flavour}: foreign rules unchanged and in order after apply`,
+      );
       const output = installed.split("\n").filter((line) => line.startsWith("-A OUTPUT"));
       assert.match(output[0] ?? "", /imds-guard:/, `${flavour}: our jump is first in OUTPUT`);
       await expectVerdict(apache, "ipv4", "refused");
       await uninstall();
-      assert.equal(await saveRuleset(testbed, flavour), pristine, `${flavour}: uninstall restores the ruleset exactly`);
+      assert.equal(
+        await saveRuleset(testbed, flavour),
+        pristine,
+        `${flavour}: uninstall restores the ruleset exactly`,
+      );
       for (const tool of ["iptables", "ip6tables"]) {
         await iptablesIn(testbed, [`${tool}-${flavour}`, "-F"]);
         await iptablesIn(testbed, [`${tool}-${flavour}`, "-X"]);
@@ -314,7 +411,10 @@ void describe("iptables-legacy", () => {
     assert.match(legacy.stdout, /IMDS-GUARD/);
     const nft = await testbed.exec(["iptables-nft-save"]);
     assert.doesNotMatch(nft.stdout, /IMDS-GUARD/);
-    const path = await configs.write("auto.yaml", `backend: auto\nallow:\n  users: [${trusty.name}]\n`);
+    const path = await configs.write(
+      "auto.yaml",
+      `backend: auto\nallow:\n  users: [${trusty.name}]\n`,
+    );
     const status = await imdsGuard(testbed, ["status", "--json", "--config", path]);
     assert.equal(status.exitCode, 0, status.stdout + status.stderr);
     assert.equal((JSON.parse(status.stdout) as { backend: string }).backend, "legacy");
@@ -368,10 +468,15 @@ void describe("refusals in the kernel log", () => {
     await expectVerdict(apache, "ipv4", "refused");
     await expectVerdict(trusty, "ipv4", "200");
     const lines = await until("the LOG line", async () => {
-      const found = (await kernelLogSince(since)).filter((line) => line.includes(LOG_PREFIX.enforce.trim()));
+      const found = (await kernelLogSince(since)).filter((line) =>
+        line.includes(LOG_PREFIX.enforce.trim()),
+      );
       return found.length > 0 ? found : undefined;
     });
-    assert.ok(lines.some((line) => line.includes(`UID=${apache.uid} `)), lines.join("\n"));
+    assert.ok(
+      lines.some((line) => line.includes(`UID=${apache.uid} `)),
+      lines.join("\n"),
+    );
     assert.ok(!lines.some((line) => line.includes(`UID=${trusty.uid} `)), lines.join("\n"));
   });
 
@@ -380,7 +485,9 @@ void describe("refusals in the kernel log", () => {
     const since = await uptimeNow();
     await expectVerdict(apache, "ipv4", "refused");
     await new Promise((resolve) => setTimeout(resolve, 300));
-    const lines = (await kernelLogSince(since)).filter((line) => line.includes(`UID=${apache.uid} `));
+    const lines = (await kernelLogSince(since)).filter((line) =>
+      line.includes(`UID=${apache.uid} `),
+    );
     assert.deepEqual(lines, []);
   });
 });
@@ -392,10 +499,16 @@ void describe("a deny-list whose account NSS no longer knows", () => {
     await expectVerdict(bare(doomed), "ipv4", "refused");
     const removed = await execa("userdel", [doomed.name], { reject: false });
     assert.equal(removed.exitCode, 0, removed.stderr);
-    const path = await configs.write("config.yaml", `backend: nft\ndeny:\n  users: [${doomed.name}, ${apache.name}]\n`);
+    const path = await configs.write(
+      "config.yaml",
+      `backend: nft\ndeny:\n  users: [${doomed.name}, ${apache.name}]\n`,
+    );
     const applied = await imdsGuard(testbed, ["apply", "--config", path]);
     assert.equal(applied.exitCode, 0, applied.stderr);
-    assert.match(applied.stderr, new RegExp(`keeping the refusal of uid\\(s\\) \\[${doomed.uid}\\]`));
+    assert.match(
+      applied.stderr,
+      new RegExp(`keeping the refusal of uid\\(s\\) \\[${doomed.uid}\\]`),
+    );
     for (const family of FAMILIES) {
       // A process that still runs as the deleted account's uid stays refused.
       await expectVerdict(bare(doomed), family, "refused");

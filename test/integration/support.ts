@@ -8,7 +8,14 @@ import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { CommandResult, SpawnedProcess, Testbed } from "./harness/index.js";
+import type {
+  CommandResult,
+  ConnectOutcome,
+  Family,
+  ProbeUser,
+  SpawnedProcess,
+  Testbed,
+} from "./harness/index.js";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 /** The compiled CLI (npm run build); tests run what ships, not tsx. */
@@ -19,7 +26,11 @@ export function assertBuilt(): void {
 }
 
 /** A private 0700 directory for config files (the loader refuses group/other-writable dirs). */
-export async function makeConfigDir(): Promise<{ dir: string; write(name: string, yaml: string): Promise<string>; remove(): Promise<void> }> {
+export async function makeConfigDir(): Promise<{
+  dir: string;
+  write(name: string, yaml: string): Promise<string>;
+  remove(): Promise<void>;
+}> {
   const dir = await mkdtemp(join(tmpdir(), "imdsg-config-"));
   await chmod(dir, 0o700);
   return {
@@ -35,15 +46,27 @@ export async function makeConfigDir(): Promise<{ dir: string; write(name: string
 }
 
 /** Runs `imds-guard ARGS` as root inside the testbed's instance namespace. */
-export function imdsGuard(testbed: Testbed, args: readonly string[], timeoutMs = 60_000): Promise<CommandResult> {
+export function imdsGuard(
+  testbed: Testbed,
+  args: readonly string[],
+  timeoutMs = 60_000,
+): Promise<CommandResult> {
   assertBuilt();
   return testbed.exec(["/usr/bin/node", CLI, ...args], { timeoutMs });
 }
 
 /** Starts `imds-guard run` inside the instance namespace; the testbed stops it on cleanup. */
-export function startDaemon(testbed: Testbed, configPath: string, extraArgs: readonly string[] = [], env: Record<string, string> = {}): Promise<SpawnedProcess> {
+export function startDaemon(
+  testbed: Testbed,
+  configPath: string,
+  extraArgs: readonly string[] = [],
+  env: Record<string, string> = {},
+): Promise<SpawnedProcess> {
   assertBuilt();
-  return testbed.spawnInInstance(["/usr/bin/node", CLI, ...extraArgs, "run", "--config", configPath], { env });
+  return testbed.spawnInInstance(
+    ["/usr/bin/node", CLI, ...extraArgs, "run", "--config", configPath],
+    { env },
+  );
 }
 
 export type Flavour = "nft" | "legacy";
@@ -71,12 +94,46 @@ export async function iptablesIn(testbed: Testbed, argv: readonly string[]): Pro
   assert.equal(result.exitCode, 0, `${argv.join(" ")}: ${result.stderr}`);
 }
 
-export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000, everyMs = 50): Promise<T> {
+export async function until<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 10_000,
+  everyMs = 50,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
     if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+export interface VerdictOptions {
+  readonly port?: number;
+  readonly host?: string;
+  readonly protocol?: "tcp" | "udp";
+}
+
+/**
+ * Connects as `user` from the instance namespace and asserts the verdict. The 900 ms timeout
+ * is below the ~1 s an IPv6 ICMP refusal takes, so "refused" here means an immediate reset
+ * (or ICMP error for UDP), never a silent drop.
+ */
+export async function expectVerdict(
+  testbed: Testbed,
+  user: ProbeUser,
+  family: Family,
+  expected: "200" | "refused",
+  options: VerdictOptions = {},
+): Promise<ConnectOutcome> {
+  const outcome = await testbed.connect({ user, family, timeoutMs: 900, ...options });
+  const what = `uid ${user.uid} ${family} ${options.protocol ?? "tcp"}${options.port === undefined ? "" : `/${options.port}`}${options.host === undefined ? "" : ` to ${options.host}`}`;
+  assert.equal(
+    outcome.result,
+    expected,
+    `${what}: ${outcome.result} in ${outcome.ms} ms${outcome.detail === undefined ? "" : ` (${outcome.detail})`}`,
+  );
+  return outcome;
 }

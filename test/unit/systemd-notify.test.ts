@@ -3,8 +3,9 @@
 
 import assert from "node:assert/strict";
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { test } from "node:test";
@@ -13,25 +14,7 @@ import { createNotifier } from "../../src/adapters/systemd-notify.js";
 
 // Closing received fds matters: systemd-notify waits for the read end of the pipe it sends with
 // BARRIER=1 to hang up, the way systemd acknowledges a barrier.
-const LISTENER = String.raw`
-import array, json, os, socket, struct, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-print(json.dumps({"listening": True}), flush=True)
-while True:
-    data, anc, _flags, _addr = s.recvmsg(65536, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(64))
-    pid = None
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid = struct.unpack("iII", payload[:12])[0]
-        elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            for fd in fds:
-                os.close(fd)
-    print(json.dumps({"pid": pid, "data": data.decode()}), flush=True)
-`;
+const LISTENER = fileURLToPath(new URL("../fixtures/notify-listener.py", import.meta.url));
 
 interface Datagram {
   pid: number | null;
@@ -47,10 +30,8 @@ interface Listener {
 
 async function startListener(): Promise<Listener> {
   const dir = await mkdtemp(join(tmpdir(), "imdsg-notify-"));
-  const script = join(dir, "listener.py");
   const socketPath = join(dir, "notify.sock");
-  await writeFile(script, LISTENER);
-  const child: ChildProcessWithoutNullStreams = spawn("/usr/bin/python3", [script, socketPath]);
+  const child: ChildProcessWithoutNullStreams = spawn("/usr/bin/python3", [LISTENER, socketPath]);
   const received: Datagram[] = [];
   let wake: (() => void) | undefined;
   let listening: () => void = () => undefined;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Family, ProbeUser, Protocol, SpawnedProcess, Testbed } from "../harness/index.js";
-import { makeConfigDir, startDaemon, until } from "../support.js";
+import { expectVerdict, makeConfigDir, startDaemon, until } from "../support.js";
 
 export const PORT = 9877;
 
@@ -130,12 +130,7 @@ export async function assertAllowed(
   family: Family,
   protocol: Protocol = "tcp",
 ): Promise<void> {
-  const outcome = await testbed.connect({ user, family, protocol });
-  assert.equal(
-    outcome.result,
-    "200",
-    `uid ${user.uid}, ${protocol} over ${family}: ${JSON.stringify(outcome)}`,
-  );
+  await expectVerdict(testbed, user, family, "200", { protocol });
 }
 
 /** Refused means a RST or ICMP error at once; a timeout would be a silent drop. */
@@ -145,12 +140,7 @@ export async function assertRefused(
   family: Family,
   protocol: Protocol = "tcp",
 ): Promise<void> {
-  const outcome = await testbed.connect({ user, family, protocol });
-  assert.equal(
-    outcome.result,
-    "refused",
-    `uid ${user.uid}, ${protocol} over ${family}: ${JSON.stringify(outcome)}`,
-  );
+  await expectVerdict(testbed, user, family, "refused", { protocol });
 }
 
 /** The instance namespace's iptables-save output for one family and flavour. */

@@ -3,31 +3,13 @@
 // learns that its BARRIER=1 was processed; without that each send would hang for seconds.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { until } from "../support.js";
 
-const LISTENER = String.raw`
-import array, json, os, socket, struct, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-out = open(sys.argv[2], "a", buffering=1)
-out.write(json.dumps({"listening": True}) + "\n")
-while True:
-    data, anc, _flags, _addr = s.recvmsg(65536, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(64))
-    pid = None
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid = struct.unpack("iII", payload[:12])[0]
-        elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            for fd in fds:
-                os.close(fd)
-    out.write(json.dumps({"pid": pid, "data": data.decode()}) + "\n")
-`;
+const LISTENER = fileURLToPath(new URL("../../fixtures/notify-listener.py", import.meta.url));
 
 /** One sd_notify message as the manager would parse it. */
 export type NotifyMessage = ReadonlyMap<string, string>;
@@ -51,11 +33,9 @@ function parseMessage(data: string): NotifyMessage {
 export async function startNotifyListener(prefix: string): Promise<NotifyListener> {
   const dir = await mkdtemp(join(tmpdir(), `${prefix}-notify-`));
   await chmod(dir, 0o700);
-  const script = join(dir, "listener.py");
   const socketPath = join(dir, "notify.sock");
   const logPath = join(dir, "datagrams.jsonl");
-  await writeFile(script, LISTENER);
-  const child: ChildProcess = spawn("/usr/bin/python3", [script, socketPath, logPath], {
+  const child: ChildProcess = spawn("/usr/bin/python3", [LISTENER, socketPath, logPath], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
