@@ -2,16 +2,13 @@
 // context an operator needs to act: the file and line, or the exact restore input and stderr.
 
 export type ErrorCode =
-  | "IMDSG_CONFIG_INVALID"
   | "IMDSG_CONFIG_UNREADABLE"
   | "IMDSG_CONFIG_INSECURE"
-  | "IMDSG_PRINCIPAL_UNRESOLVED"
   | "IMDSG_NSS_LOOKUP"
   | "IMDSG_IPTABLES_SAVE"
   | "IMDSG_IPTABLES_RESTORE"
   | "IMDSG_IPTABLES_LOCK"
   | "IMDSG_IPTABLES_FIGHT"
-  | "IMDSG_BACKEND_UNAVAILABLE"
   | "IMDSG_LISTEN_REFUSED";
 
 export class ImdsGuardError extends Error {

@@ -147,11 +147,6 @@ export function retainDenials(
   };
 }
 
-/** The names an NSS lookup must be asked about: every name in the spec. */
-export function lookupKeys(spec: PrincipalSpec): { users: string[]; groups: string[] } {
-  return { users: [...spec.users], groups: [...spec.groups] };
-}
-
 export function describeUnresolved(policy: Policy, principal: ResolvedPrincipal): string {
   const what = `${principal.kind} "${principal.spec}"`;
   return policy === "allow"

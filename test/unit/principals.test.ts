@@ -10,7 +10,6 @@ import type { Policy, PrincipalSpec } from "../../src/core/config-model.js";
 import { parseGroup, parsePasswd, type NssSnapshot } from "../../src/core/nss.js";
 import {
   describeUnresolved,
-  lookupKeys,
   resolvePrincipals,
   type ResolvedPrincipal,
 } from "../../src/core/principals.js";
@@ -257,11 +256,6 @@ void describe("users and groups resolve to the ids the kernel matches", () => {
     ).entries;
     assert.equal(user?.name, "alice");
     assert.equal(group?.name, "ops");
-  });
-
-  void test("every name in the spec is looked up, numeric ones included", () => {
-    const spec = { users: ["alice", "5000"], groups: ["imds"] };
-    assert.deepEqual(lookupKeys(spec), { users: ["alice", "5000"], groups: ["imds"] });
   });
 
   void test("an unresolved name is explained differently for allow- and deny-lists", () => {
