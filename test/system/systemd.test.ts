@@ -118,6 +118,28 @@ void describe(
       return values;
     };
 
+    /** Waits until systemd has restarted the unit exactly once more than in `first` and it runs again. */
+    const restartedOnceMore = (
+      first: Record<string, string>,
+      what: string,
+      timeoutMs: number,
+      everyMs: number,
+    ): Promise<Record<string, string>> =>
+      until(
+        what,
+        async () => {
+          const now = await show(["ActiveState", "SubState", "MainPID", "NRestarts"]);
+          return now.ActiveState === "active" &&
+            now.SubState === "running" &&
+            now.MainPID !== first.MainPID &&
+            now.NRestarts === String(Number(first.NRestarts) + 1)
+            ? now
+            : undefined;
+        },
+        timeoutMs,
+        everyMs,
+      );
+
     /** Our chains and tagged rules, both families, from iptables-nft in the container's netns. */
     const ourRules = async (): Promise<string[]> => {
       const out = await vm().mustExec(["sh", "-c", "iptables-save && ip6tables-save"]);
@@ -343,20 +365,7 @@ void describe(
       const first = await show(["MainPID", "NRestarts"]);
       const samples = await rulesThroughout(async () => {
         await vm().mustExec(["systemctl", "kill", "--signal=SIGKILL", UNIT]);
-        await until(
-          "restarted and active again",
-          async () => {
-            const now = await show(["ActiveState", "SubState", "MainPID", "NRestarts"]);
-            return now.ActiveState === "active" &&
-              now.SubState === "running" &&
-              now.MainPID !== first.MainPID &&
-              now.NRestarts === String(Number(first.NRestarts) + 1)
-              ? now
-              : undefined;
-          },
-          20_000,
-          50,
-        );
+        await restartedOnceMore(first, "restarted and active again", 20_000, 50);
       });
       // RestartSec=1 leaves the rules unguarded by any process for a second: sample it densely.
       assert.ok(samples >= 5, `only ${String(samples)} rule samples taken across the restart`);
@@ -430,20 +439,7 @@ void describe(
       const stoppedAt = Date.now();
       await rulesThroughout(async () => {
         await vm().mustExec(["systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", UNIT]);
-        await until(
-          "the watchdog restart",
-          async () => {
-            const now = await show(["ActiveState", "SubState", "MainPID", "NRestarts"]);
-            return now.ActiveState === "active" &&
-              now.SubState === "running" &&
-              now.MainPID !== first.MainPID &&
-              now.NRestarts === String(Number(first.NRestarts) + 1)
-              ? now
-              : undefined;
-          },
-          30_000,
-          250,
-        );
+        await restartedOnceMore(first, "the watchdog restart", 30_000, 250);
       });
       const elapsed = Date.now() - stoppedAt;
       // The last ping was at most 5 s before SIGSTOP; the timeout is 10 s after it, plus RestartSec=1.
